@@ -1,0 +1,3 @@
+from streamorch.cli.main import main
+
+main()

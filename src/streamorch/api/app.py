@@ -1,0 +1,93 @@
+"""The FastAPI application and the lifespan that owns its resources."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from streamorch import __version__
+from streamorch.config import Settings
+from streamorch.core.modules import ModuleStatus, load_optional
+from streamorch.core.startup import StartupReport
+from streamorch.domain.errors import ServiceError
+from streamorch.services import endpoints
+from streamorch.services.endpoints import RedisTarget
+from streamorch.store.database import DatabaseManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything a request handler may use, created by the lifespan."""
+
+    settings: Settings
+    db: DatabaseManager
+    redis: aioredis.Redis | None
+    redis_target: RedisTarget | None
+    startup: StartupReport
+    modules: dict[str, ModuleType | None] = field(default_factory=dict)
+    module_status: dict[str, ModuleStatus] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def create_app(settings: Settings, startup: StartupReport | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        modules, module_status = load_optional()
+        db = DatabaseManager(endpoints.postgres_target(settings), settings)
+        redis_client, redis_target = None, None
+        try:
+            redis_target = endpoints.redis_target(settings)
+            redis_client = aioredis.Redis.from_url(
+                redis_target.url,
+                socket_connect_timeout=2,
+                socket_timeout=2,
+                health_check_interval=10,
+            )
+        except ServiceError as exc:
+            log.warning(
+                "Redis unavailable: %s",
+                exc.problem.message,
+                extra={"action": "redis_unavailable", "fix": exc.problem.fix},
+            )
+        runtime = Runtime(
+            settings,
+            db,
+            redis_client,
+            redis_target,
+            startup or StartupReport(),
+            modules,
+            module_status,
+        )
+        app.state.runtime = runtime
+        try:
+            await db.connect_with_retry()
+            runtime.ready = True
+            yield
+        finally:
+            runtime.ready = False
+            if redis_client is not None:
+                await redis_client.aclose()
+            await db.close_connection_safely()
+
+    app = FastAPI(
+        title="Stream Orchestrator",
+        version=__version__,
+        summary="Keeps every enabled stream running on exactly one healthy worker.",
+        lifespan=lifespan,
+    )
+    from streamorch.api.routes import health
+
+    app.include_router(health.router)
+    return app

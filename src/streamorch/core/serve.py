@@ -1,0 +1,133 @@
+"""`streamorch serve`: the start-up sequence, then the HTTP server, then teardown.
+
+SIGTERM and SIGINT stop whatever is running — a start-up phase or the server —
+after which the embedded servers this process owns are stopped, PostgreSQL last.
+The process exits 0 on such a requested stop, or with the failing phase's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from types import FrameType
+
+from streamorch.config import Settings
+from streamorch.core.startup import EmbeddedServices, ExitCode, StartupReport, run_startup
+from streamorch.domain.errors import StartupError
+from streamorch.domain.problems import Problem
+
+log = logging.getLogger(__name__)
+
+
+class StopRequested(BaseException):
+    """Raised by the signal handler to unwind start-up or serving."""
+
+
+def _request_stop(signum: int, frame: FrameType | None) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def serve(settings: Settings, *, keep_services: bool = False) -> int:
+    """Run the orchestrator until stopped; returns the exit code."""
+    began = time.monotonic()
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    services = EmbeddedServices(settings)
+    try:
+        asyncio.run(_serve(settings, services, began))
+    except StopRequested as stop:
+        log.info("stop requested (%s); shutting down", stop, extra={"action": "stop_requested"})
+        return int(ExitCode.OK)
+    except StartupError as exc:
+        if exc.phase == "serve":  # the other phases logged their failure already
+            log.error(
+                "phase serve failed: %s",
+                exc.problem.message,
+                extra={
+                    "action": "phase_failed",
+                    "phase": "serve",
+                    "code": exc.problem.code,
+                    "exit_code": exc.exit_code,
+                    "fix": exc.problem.fix,
+                },
+            )
+        return exc.exit_code
+    finally:
+        stopping = time.monotonic()
+        # No signal may interrupt the teardown half-way.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        if services.any and not keep_services:
+            services.stop()
+            log.info(
+                "embedded services stopped in %.0f ms",
+                (time.monotonic() - stopping) * 1000,
+                extra={"action": "embedded_stopped"},
+            )
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return int(ExitCode.OK)
+
+
+def bind_socket(settings: Settings) -> socket.socket:
+    host, port = settings.orchestrator_host, settings.orchestrator_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            "serve",
+            int(ExitCode.SERVE),
+            Problem(
+                "api.port_in_use" if exc.errno == 98 else "api.bind_failed",
+                f"cannot listen on {host}:{port}: {exc.strerror}",
+                f"stop the process using port {port} (e.g. `ss -ltnp 'sport = :{port}'`), "
+                "or set ORCHESTRATOR_PORT to a free port",
+            ),
+        ) from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve(settings: Settings, services: EmbeddedServices, began: float) -> None:
+    import uvicorn
+
+    from streamorch.api.app import create_app
+
+    sock = bind_socket(settings)  # fail fast, before minutes of waiting
+    try:
+        report: StartupReport = await run_startup(settings, services)
+        app = create_app(settings, report)
+        config = uvicorn.Config(
+            app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=10
+        )
+        server = uvicorn.Server(config)
+        server_task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not server_task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            log.info(
+                "orchestrator ready on http://%s:%d (start-up took %.0f ms)",
+                settings.orchestrator_host,
+                settings.orchestrator_port,
+                (time.monotonic() - began) * 1000,
+                extra={"action": "ready", "duration_ms": round((time.monotonic() - began) * 1000)},
+            )
+        await server_task
+        if not server.started:
+            raise StartupError(
+                "serve",
+                int(ExitCode.SERVE),
+                Problem(
+                    "api.startup_failed",
+                    "the application failed to start",
+                    "see the error logged above",
+                ),
+            )
+    finally:
+        sock.close()

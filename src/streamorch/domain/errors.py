@@ -1,0 +1,63 @@
+"""The error tree of the orchestrator.
+
+    StreamorchError
+    ├── ConfigurationError      invalid settings; carries every problem found
+    ├── ServiceError            a backing service cannot be used
+    │   ├── ServiceUnavailable  did not answer in time (carries the last problem)
+    │   └── EmbeddedServiceError  an embedded server failed to start or stop
+    ├── StoreError              a database operation failed (driver error as __cause__)
+    │   └── MigrationError
+    └── StartupError            a start-up phase failed; carries phase and exit code
+
+Exceptions carry fields, not just text, so callers (CLI, health, logs) can render
+them for their audience.
+"""
+
+from __future__ import annotations
+
+from streamorch.domain.problems import Problem
+
+
+class StreamorchError(Exception):
+    """Root of every error the orchestrator raises on purpose."""
+
+
+class ConfigurationError(StreamorchError):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p.message}: {p.fix}" for p in problems)
+        super().__init__(f"{len(problems)} configuration problem(s):\n{lines}")
+
+
+class ServiceError(StreamorchError):
+    def __init__(self, service: str, problem: Problem) -> None:
+        self.service = service
+        self.problem = problem
+        super().__init__(f"{service}: {problem.message}")
+
+
+class ServiceUnavailable(ServiceError):
+    def __init__(self, service: str, problem: Problem, *, attempts: int, waited_s: float) -> None:
+        super().__init__(service, problem)
+        self.attempts = attempts
+        self.waited_s = waited_s
+
+
+class EmbeddedServiceError(ServiceError):
+    pass
+
+
+class StoreError(StreamorchError):
+    pass
+
+
+class MigrationError(StoreError):
+    pass
+
+
+class StartupError(StreamorchError):
+    def __init__(self, phase: str, exit_code: int, problem: Problem) -> None:
+        self.phase = phase
+        self.exit_code = exit_code
+        self.problem = problem
+        super().__init__(f"start-up failed in phase '{phase}': {problem.message}")

@@ -1,0 +1,140 @@
+"""DatabaseManager: the orchestrator's PostgreSQL connection pool.
+
+Every resource is released only if it was acquired: a pool that never opened is
+never closed, a connection that failed half-way is closed by its context
+manager, and `close_connection_safely` can be called any number of times,
+whatever happened before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from streamorch.config import Settings
+from streamorch.domain.errors import ServiceError, StoreError
+from streamorch.services import diagnose
+from streamorch.services.endpoints import PostgresTarget
+from streamorch.services.waits import ProbeResult, probe_postgres
+from streamorch.store import migrations
+
+log = logging.getLogger(__name__)
+
+
+def _retryable(exc: BaseException) -> bool:
+    return not (isinstance(exc, ServiceError) and diagnose.is_permanent(exc.problem))
+
+
+class DatabaseManager:
+    def __init__(self, target: PostgresTarget, settings: Settings) -> None:
+        self.target = target
+        self.settings = settings
+        self._pool: AsyncConnectionPool | None = None
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            raise StoreError("the database pool is not open; call connect_with_retry() first")
+        return self._pool
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    async def connect_with_retry(self) -> None:
+        """Open the pool, retrying DB_MAX_RETRIES times with backoff and jitter."""
+        if self._pool is not None:
+            return
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.db_max_retries + 1),
+            wait=wait_exponential_jitter(initial=0.1, max=5.0, jitter=0.5),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+            before_sleep=lambda state: log.warning(
+                "database connection attempt %d failed; retrying",
+                state.attempt_number,
+                extra={"action": "db_connect_retry", "error": str(state.outcome.exception())},
+            ),
+        )
+        async for attempt in retrying:
+            with attempt:
+                self._pool = await self._open_pool()
+
+    async def _open_pool(self) -> AsyncConnectionPool:
+        # One direct connection first: it fails with the real cause (a pool only
+        # says it timed out), which is what the operator needs to read.
+        probe = await probe_postgres(self.target, self.settings.db_timeout)
+        if not probe.ok:
+            assert probe.problem is not None
+            raise ServiceError("postgresql", probe.problem)
+        pool = AsyncConnectionPool(
+            self.target.conninfo,
+            min_size=self.settings.db_pool_min_size,
+            max_size=self.settings.db_pool_max_size,
+            timeout=self.settings.db_timeout,
+            kwargs={"autocommit": True, "connect_timeout": max(2, round(self.settings.db_timeout))},
+            open=False,
+            name="streamorch",
+        )
+        try:
+            await pool.open(wait=True, timeout=self.settings.db_timeout)
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        async with self.pool.connection() as conn:
+            yield conn
+
+    async def verify_connection(self, timeout: float = 2.0) -> ProbeResult:
+        """`SELECT 1` through the pool, bounded by `timeout`."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout), self.pool.connection(timeout=timeout) as conn:
+                cur = await conn.execute("SELECT current_setting('server_version')")
+                row = await cur.fetchone()
+        except (psycopg.Error, StoreError, OSError, TimeoutError) as exc:
+            return ProbeResult(
+                "postgresql", False, problem=diagnose.postgres_problem(exc, self.target)
+            )
+        latency = round((time.perf_counter() - started) * 1000, 2)
+        return ProbeResult("postgresql", True, latency_ms=latency, version=row[0] if row else None)
+
+    async def ensure_schema(self) -> list[migrations.Migration]:
+        """Apply pending migrations (safe to run from several replicas at once)."""
+        async with self.connection() as conn:
+            return await migrations.migrate(conn, lock_timeout_s=self.settings.app_startup_timeout)
+
+    async def schema_version(self) -> int:
+        async with self.connection() as conn:
+            return await migrations.current_version(conn)
+
+    async def close_connection_safely(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await pool.close(timeout=5.0)
+        except Exception:
+            log.exception("closing the database pool failed", extra={"action": "db_close_failed"})
+
+    async def __aenter__(self) -> DatabaseManager:
+        await self.connect_with_retry()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close_connection_safely()
