@@ -106,7 +106,16 @@ def redis_problem(exc: BaseException, target: RedisTarget) -> Problem:
     lowered = text.lower()
     where = f"{target.host}:{target.port}"
     ctx = {"target": target.display, "error": text or type(exc).__name__}
-    if "noauth" in lowered or "authentication required" in lowered:
+    needs_auth = (
+        "noauth" in lowered
+        or "authentication required" in lowered
+        or (
+            "already authenticated" in lowered  # RESP3 HELLO refused without credentials
+        )
+    )
+    if needs_auth or (
+        isinstance(exc, redis.exceptions.AuthenticationError) and not target.has_password
+    ):
         return Problem(
             "redis.auth_required",
             f"Redis on {where} requires a password and none is configured",

@@ -117,7 +117,7 @@ async def _wait(
 
     retrying = AsyncRetrying(
         stop=stop_after_delay(timeout),
-        wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.2),
+        wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.2),
         retry=retry_if_result(keep_trying),
     )
     try:

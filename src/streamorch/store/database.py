@@ -59,7 +59,7 @@ class DatabaseManager:
             return
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.db_max_retries + 1),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0, jitter=0.5),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.5),
             retry=retry_if_exception(_retryable),
             reraise=True,
             before_sleep=lambda state: log.warning(
@@ -87,6 +87,9 @@ class DatabaseManager:
             kwargs={"autocommit": True, "connect_timeout": max(2, round(self.settings.db_timeout))},
             open=False,
             name="streamorch",
+            # A connection the server dropped (restart, failover, idle kill) is
+            # replaced at checkout instead of failing the request that got it.
+            check=AsyncConnectionPool.check_connection,
         )
         try:
             await pool.open(wait=True, timeout=self.settings.db_timeout)

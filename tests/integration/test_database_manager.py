@@ -1,0 +1,84 @@
+"""DatabaseManager: retries, clean failures, no leaked connection whatever fails."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from streamorch.domain.errors import ServiceError, StoreError
+from streamorch.services import endpoints
+from streamorch.store.database import DatabaseManager
+
+pytestmark = pytest.mark.anyio
+
+
+def backend_count(postgres_server, dbname: str) -> int:
+    with psycopg.connect(postgres_server.admin_conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (dbname,)
+        ).fetchone()
+    return int(row[0])
+
+
+async def test_open_use_and_close(settings, postgres_server, database):
+    async with DatabaseManager(endpoints.postgres_target(settings), settings) as db:
+        probe = await db.verify_connection()
+        assert probe.ok
+        assert await db.schema_version() >= 1
+        assert backend_count(postgres_server, database) >= settings.db_pool_min_size
+    assert not db.is_open
+    assert backend_count(postgres_server, database) == 0
+
+
+async def test_bad_password_is_a_clean_error_without_leak(make_settings, postgres_server, database):
+    url = postgres_server.url(database)
+    bad = url.replace(url.split("//")[1].split("@")[0], "postgres:wrong")
+    settings = make_settings(DATABASE_URL=bad, DB_MAX_RETRIES="3")
+    db = DatabaseManager(endpoints.postgres_target(settings), settings)
+    with pytest.raises(ServiceError) as caught:
+        await db.connect_with_retry()
+    assert caught.value.problem.code == "postgres.auth_failed"
+    assert not db.is_open
+    await db.close_connection_safely()  # safe although nothing was opened
+    assert backend_count(postgres_server, database) == 0
+
+
+async def test_unreachable_server_retries_then_fails(make_settings):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = make_settings(
+        DATABASE_URL=f"postgresql://u:p@127.0.0.1:{port}/db", DB_MAX_RETRIES="2", DB_TIMEOUT="1"
+    )
+    db = DatabaseManager(endpoints.postgres_target(settings), settings)
+    with pytest.raises(ServiceError) as caught:
+        await db.connect_with_retry()
+    assert caught.value.problem.code == "postgres.unreachable"
+    assert not db.is_open
+
+
+async def test_server_gone_mid_way_reports_and_closes(settings, postgres_server, database):
+    db = DatabaseManager(endpoints.postgres_target(settings), settings)
+    await db.connect_with_retry()
+    with psycopg.connect(postgres_server.admin_conninfo, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        )
+    # Connections killed under it: the pool replaces them, a check answers again.
+    probe = await db.verify_connection(timeout=5)
+    if not probe.ok:  # the first checkout may meet a dead connection; the next must not
+        probe = await db.verify_connection(timeout=5)
+    assert probe.ok
+    await db.close_connection_safely()
+    await db.close_connection_safely()  # idempotent
+    assert backend_count(postgres_server, database) == 0
+
+
+async def test_pool_use_before_open_is_a_store_error(settings):
+    db = DatabaseManager(endpoints.postgres_target(settings), settings)
+    with pytest.raises(StoreError, match="connect_with_retry"):
+        async with db.connection():
+            pass
