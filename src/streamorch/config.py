@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     )
     db_host: str | None = _env("DB_HOST", "POSTGRES_HOST", example="db.internal")
     db_port: int = _env("DB_PORT", "POSTGRES_PORT", default=5432, ge=1, le=65535, example="5432")
-    db_name: str = _env("DB_NAME", "POSTGRES_DB", "POSTGRES_NAME", default="streamorch")
+    db_name: str = _env("DB_NAME", "POSTGRES_DB", default="streamorch")
     db_user: str = _env("DB_USER", "POSTGRES_USER", default="streamorch")
     db_password: SecretStr | None = _env("DB_PASSWORD", "POSTGRES_PASSWORD")
     db_timeout: float = _env("DB_TIMEOUT", default=5.0, gt=0, le=300, example="5")

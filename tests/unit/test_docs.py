@@ -1,0 +1,23 @@
+"""The reference documentation names every setting and every exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamorch.config import Settings
+from streamorch.core.startup import ExitCode
+
+DOCS = Path(__file__).parents[2] / "docs"
+
+
+def test_every_setting_is_documented():
+    text = (DOCS / "reference" / "configuration.md").read_text()
+    for info in Settings.model_fields.values():
+        for name in info.json_schema_extra["env"]:
+            assert f"`{name}`" in text, name
+
+
+def test_every_exit_code_is_documented():
+    text = (DOCS / "reference" / "exit-codes.md").read_text()
+    for code in ExitCode:
+        assert f"| {int(code)} |" in text, code.name
