@@ -160,7 +160,12 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A daemon that exited stays a zombie until its parent (often PID 1) reaps it.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the signal test is all we have
+    return state != "Z"
 
 
 def _tail(path: Path, lines: int = 15) -> str:
