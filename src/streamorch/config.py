@@ -37,6 +37,14 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    @classmethod
+    def settings_customise_sources(  # type: ignore[no-untyped-def, override]
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        # load_settings() reads the environment mapping it is given; pydantic-settings must
+        # not fill the gaps from os.environ behind its back (it does, even in model_validate).
+        return (init_settings,)
+
     # Where embedded servers keep their data when no external service is configured.
     data_dir: Path = _env(
         "STREAMORCH_DATA_DIR", default=Path(".streamorch"), example="./.streamorch"

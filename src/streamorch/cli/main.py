@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from streamorch.cli import doctor as doctor_cli
 from streamorch.cli import services as services_cli
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ wait_app = typer.Typer(
 app.add_typer(wait_app, name="wait")
 config_app = typer.Typer(help="Check or show the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.command("doctor")(doctor_cli.doctor)
 
 
 def load(*, log: bool = True) -> Settings:
