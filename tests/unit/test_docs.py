@@ -30,8 +30,10 @@ def test_every_problem_code_is_in_the_troubleshooting_guide():
     codes = set()
     for path in source.rglob("*.py"):
         codes |= set(
-            re.findall(r'"((?:config|postgres|redis|embedded|api|startup|doctor)\.[a-z_]+)"',
-                       path.read_text())
+            re.findall(
+                r'"((?:config|postgres|redis|embedded|api|startup|doctor)\.[a-z_]+)"',
+                path.read_text(),
+            )
         )
     assert len(codes) > 20  # the pattern still finds the codes
     guide = (DOCS / "troubleshooting.md").read_text()
