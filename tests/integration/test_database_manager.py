@@ -82,3 +82,34 @@ async def test_pool_use_before_open_is_a_store_error(settings):
     with pytest.raises(StoreError, match="connect_with_retry"):
         async with db.connection():
             pass
+
+
+async def test_server_stopped_under_the_pool(make_settings):
+    """PostgreSQL stops while the pool is open: checks report it, closing neither hangs
+    nor raises, and the pool works again once the server is back."""
+    from streamorch.core.startup import EmbeddedServices
+    from streamorch.services import provision
+
+    settings = make_settings(REDIS_URL="redis://127.0.0.1:1/0", DB_TIMEOUT="2")
+    services = EmbeddedServices(settings, durable=False)
+    services.start(settings)
+    try:
+        await provision.setup_database(settings)
+        db = DatabaseManager(endpoints.postgres_target(settings), settings)
+        await db.connect_with_retry()
+        assert (await db.verify_connection()).ok
+
+        services.postgres.stop()
+        down = await db.verify_connection(timeout=3)
+        assert not down.ok
+        assert down.problem is not None
+
+        services.postgres.start()
+        for _ in range(20):  # the pool reconnects by itself; no restart of the manager
+            if (await db.verify_connection(timeout=3)).ok:
+                break
+        assert (await db.verify_connection(timeout=3)).ok
+        await db.close_connection_safely()
+        assert not db.is_open
+    finally:
+        services.stop()
