@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,43 +36,17 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the process helpers are shared with the end-to-end tests
+from tests.e2e.harness import clean_env, free_port, processes_mentioning  # noqa: E402
+
 SCRIPT = ROOT / "start-orchestrator.sh"
 GOALS_S = {"cold_start": 3.0, "clean_stop": 2.0}
 POLL_S = 0.01
 TIMEOUT_S = 120.0
 
-_STRIPPED_NAMES = {
-    "DATABASE_URL",
-    "REDIS_URL",
-    "STREAMORCH_DATA_DIR",
-    "STREAMORCH_KEEP_SERVICES",
-    "APP_STARTUP_TIMEOUT",
-}
-_STRIPPED_PREFIXES = ("DB_", "POSTGRES_", "REDIS_", "ORCHESTRATOR_", "LOG_")
-
 
 class BenchError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def processes_in(path: Path) -> list[psutil.Process]:
-    """Live processes whose command line or working directory is inside `path`."""
-    needle = str(path.resolve())
-    found = []
-    for proc in psutil.process_iter(["cmdline", "cwd", "status"], ad_value=None):
-        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        cmdline = " ".join(proc.info["cmdline"] or ())
-        cwd = proc.info["cwd"] or ""
-        if needle in cmdline or cwd == needle or cwd.startswith(needle + os.sep):
-            found.append(proc)
-    return found
 
 
 class Orchestrator:
@@ -84,13 +57,7 @@ class Orchestrator:
         self.runs = 0
 
     def env(self, port: int) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in _STRIPPED_NAMES and not k.startswith(_STRIPPED_PREFIXES)
-        }
-        env.update(STREAMORCH_DATA_DIR=str(self.data_dir), ORCHESTRATOR_PORT=str(port))
-        return env
+        return clean_env(STREAMORCH_DATA_DIR=str(self.data_dir), ORCHESTRATOR_PORT=str(port))
 
     def start(self) -> float:
         """Spawn the script; seconds until GET /ready first answers 200."""
@@ -127,10 +94,10 @@ class Orchestrator:
         code = self.proc.wait(timeout=TIMEOUT_S)
         if code != 0:
             raise BenchError(f"exited with {code} after SIGTERM:\n{self.log()}")
-        while processes_in(self.data_dir):
+        while processes_mentioning(self.data_dir):
             if time.perf_counter() - began > TIMEOUT_S:
                 raise BenchError(
-                    f"processes left in {self.data_dir}: {processes_in(self.data_dir)}"
+                    f"processes left in {self.data_dir}: {processes_mentioning(self.data_dir)}"
                 )
             time.sleep(POLL_S)
         return time.perf_counter() - began
@@ -149,7 +116,7 @@ class Orchestrator:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=TIMEOUT_S)
-        for proc in processes_in(self.data_dir):
+        for proc in processes_mentioning(self.data_dir):
             with contextlib.suppress(psutil.Error):
                 proc.kill()
 
