@@ -171,3 +171,29 @@ def test_redis_down_but_not_required_serves_degraded(launcher: Launcher, data_di
 
     assert run.stop(signal.SIGTERM) == 0
     assert_nothing_left(data_dir)
+
+
+def test_whole_start_up_is_bounded_by_app_startup_timeout(
+    launcher: Launcher, data_dir: Path
+) -> None:
+    """APP_STARTUP_TIMEOUT caps the sequence even when a phase would wait longer."""
+    closed = free_port()
+    code, stderr = launcher.run_to_exit(
+        DATABASE_URL=f"postgresql://u:p@127.0.0.1:{closed}/db",
+        POSTGRES_STARTUP_TIMEOUT="600",
+        APP_STARTUP_TIMEOUT="2",
+    )
+    assert code == 18, stderr
+    assert "start-up took longer than APP_STARTUP_TIMEOUT=2s" in stderr
+    assert_nothing_left(data_dir)
+
+
+def test_redis_required_and_down_fails_in_phase_redis(launcher: Launcher, data_dir: Path) -> None:
+    closed = free_port()
+    code, stderr = launcher.run_to_exit(
+        REDIS_URL=f"redis://127.0.0.1:{closed}/0", REDIS_STARTUP_TIMEOUT="1", REDIS_REQUIRED="true"
+    )
+    assert code == 13, stderr
+    assert "phase redis failed" in stderr
+    assert f"nothing is listening on 127.0.0.1:{closed}" in stderr
+    assert_nothing_left(data_dir)
