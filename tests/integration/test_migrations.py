@@ -68,3 +68,12 @@ async def test_migrate_needs_autocommit(postgres_server, empty_database):
     async with conn:
         with pytest.raises(MigrationError, match="autocommit"):
             await migrations.migrate(conn)
+
+
+async def test_unknown_newer_migration_is_refused_before_anything_runs(postgres_server, database):
+    async with await _connect(postgres_server, database) as conn:
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES (9998, 'future', 'x')"
+        )
+        with pytest.raises(MigrationError, match=r"does not know: \[9998\]"):
+            await migrations.migrate(conn)

@@ -10,6 +10,7 @@ applied is refused (checksum mismatch) rather than silently skipped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -95,6 +96,12 @@ async def migrate(conn: psycopg.AsyncConnection, lock_timeout_s: float = 60.0) -
         await conn.execute(_CREATE_TABLE)
         cur = await conn.execute("SELECT version, checksum FROM schema_migrations")
         applied = {int(v): c for v, c in await cur.fetchall()}
+        unknown = sorted(set(applied) - {m.version for m in available()})
+        if unknown:
+            raise MigrationError(
+                f"the database has migrations this version does not know: {unknown}; "
+                "run a newer orchestrator version"
+            )
         done: list[Migration] = []
         for migration in available():
             if migration.version in applied:
@@ -124,13 +131,10 @@ async def migrate(conn: psycopg.AsyncConnection, lock_timeout_s: float = 60.0) -
                 extra={"action": "migration_applied", "version": migration.version},
             )
             done.append(migration)
-        unknown = sorted(set(applied) - {m.version for m in available()})
-        if unknown:
-            raise MigrationError(
-                f"the database has migrations this version does not know: {unknown}; "
-                "run a newer orchestrator version"
-            )
         return done
     finally:
-        await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
-        await conn.execute("RESET lock_timeout")
+        # On a broken connection the server already released the lock; keep the
+        # original error rather than one about the clean-up.
+        with contextlib.suppress(psycopg.Error):
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            await conn.execute("RESET lock_timeout")
