@@ -179,3 +179,35 @@ def settings(
 ) -> Settings:
     """Settings pointing at this test's database and the session's Redis."""
     return make_settings(DATABASE_URL=postgres_server.url(database), REDIS_URL=redis_url)
+
+
+FAST_ENGINE = {
+    "HEARTBEAT_INTERVAL": "0.3",
+    "LEASE_TTL": "1.5",
+    "RECONCILE_INTERVAL": "0.1",
+}
+
+
+@pytest.fixture
+def engine_settings(
+    make_settings, postgres_server: PostgresServer, database: str, redis_url: str
+) -> Settings:
+    """Settings with short leases and intervals, so engine tests run in seconds."""
+    return make_settings(
+        DATABASE_URL=postgres_server.url(database), REDIS_URL=redis_url, **FAST_ENGINE
+    )
+
+
+@pytest.fixture
+async def api(engine_settings: Settings):
+    """An httpx client on the real app (lifespan run: pool, reconciler, notifier)."""
+    import httpx
+
+    from streamorch.api.app import create_app
+
+    app = create_app(engine_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://orchestrator") as c:
+            c.app = app  # type: ignore[attr-defined]
+            yield c

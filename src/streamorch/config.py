@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     heartbeat_interval: float = _env("HEARTBEAT_INTERVAL", default=2.0, gt=0, le=300, example="2")
     lease_ttl: float = _env("LEASE_TTL", default=10.0, gt=0, le=3600, example="10")
     reconcile_interval: float = _env("RECONCILE_INTERVAL", default=1.0, gt=0, le=300, example="1")
-    rebalance_threshold: float = _env("REBALANCE_THRESHOLD", default=0.1, ge=0, le=1, example="0.1")
+    rebalance_threshold: float = _env(
+        "REBALANCE_THRESHOLD", default=0.0, ge=0, le=1, example="0.05"
+    )
     max_moves_per_pass: int = _env("MAX_MOVES_PER_PASS", default=100, ge=0, example="100")
 
     # Logging.

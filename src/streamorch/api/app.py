@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from streamorch import __version__
 from streamorch.config import Settings
 from streamorch.core.modules import ModuleStatus, load_optional
+from streamorch.core.service import Orchestrator
 from streamorch.core.startup import StartupReport
 from streamorch.domain.errors import ServiceError
 from streamorch.services import endpoints
@@ -38,6 +39,7 @@ class Runtime:
     module_status: dict[str, ModuleStatus] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
     ready: bool = False
+    orchestrator: Orchestrator | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,10 +75,14 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
         app.state.runtime = runtime
         try:
             await db.connect_with_retry()
+            runtime.orchestrator = Orchestrator(settings, db, redis_client)
+            await runtime.orchestrator.start()
             runtime.ready = True
             yield
         finally:
             runtime.ready = False
+            if runtime.orchestrator is not None:
+                await runtime.orchestrator.stop()
             if redis_client is not None:
                 await redis_client.aclose()
             await db.close_connection_safely()
@@ -87,7 +93,11 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
         summary="Keeps every enabled stream running on exactly one healthy worker.",
         lifespan=lifespan,
     )
-    from streamorch.api.routes import health
+    from streamorch.api import errors, limits
+    from streamorch.api.routes import cluster, health, streams, workers
 
-    app.include_router(health.router)
+    errors.install(app)
+    app.add_middleware(limits.BodySizeLimit)
+    for module in (health, streams, workers, cluster):
+        app.include_router(module.router)
     return app

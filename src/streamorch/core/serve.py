@@ -71,6 +71,30 @@ def serve(settings: Settings, *, keep_services: bool = False) -> int:
     return int(ExitCode.OK)
 
 
+def warn_if_exposed(settings: Settings) -> bool:
+    """Loudly warn when the API is reachable from other machines without any token."""
+    import ipaddress
+
+    host = settings.orchestrator_host
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback or settings.admin_token is not None or settings.worker_token is not None:
+        return False
+    log.warning(
+        "THE API IS OPEN: listening on %s without STREAMORCH_ADMIN_TOKEN or "
+        "STREAMORCH_WORKER_TOKEN — anyone who can reach this port can change the catalog and "
+        "the fleet",
+        host,
+        extra={
+            "action": "auth_disabled_on_network",
+            "fix": "set STREAMORCH_ADMIN_TOKEN and STREAMORCH_WORKER_TOKEN, or bind to 127.0.0.1",
+        },
+    )
+    return True
+
+
 def bind_socket(settings: Settings) -> socket.socket:
     host, port = settings.orchestrator_host, settings.orchestrator_port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -100,6 +124,7 @@ async def _serve(settings: Settings, services: EmbeddedServices, began: float) -
     from streamorch.api.app import create_app
 
     sock = bind_socket(settings)  # fail fast, before minutes of waiting
+    warn_if_exposed(settings)
     try:
         report: StartupReport = await run_startup(settings, services)
         app = create_app(settings, report)

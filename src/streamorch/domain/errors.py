@@ -1,6 +1,11 @@
 """The error tree of the orchestrator.
 
     StreamorchError
+    ├── NotFound                no such stream or worker (404)
+    ├── Conflict                the request clashes with the current state (409)
+    │   ├── Superseded          a newer incarnation of this worker registered
+    │   └── LeaseExpired        the worker's lease ran out; it must register again
+    ├── InvalidInput            the request is malformed (422); says what and how to fix
     ├── ConfigurationError      invalid settings; carries every problem found
     ├── ServiceError            a backing service cannot be used
     │   ├── ServiceUnavailable  did not answer in time (carries the last problem)
@@ -20,6 +25,38 @@ from streamorch.domain.problems import Problem
 
 class StreamorchError(Exception):
     """Root of every error the orchestrator raises on purpose."""
+
+
+class NotFound(StreamorchError):
+    def __init__(self, what: str, key: str) -> None:
+        self.what = what
+        self.key = key
+        self.code = f"{what}_not_found"
+        super().__init__(f"no {what} {key!r}")
+
+
+class Conflict(StreamorchError):
+    code = "conflict"
+
+    def __init__(self, message: str, *, code: str | None = None, **details: object) -> None:
+        self.code = code or self.code
+        self.details = details
+        super().__init__(message)
+
+
+class Superseded(Conflict):
+    code = "superseded"
+
+
+class LeaseExpired(Conflict):
+    code = "lease_expired"
+
+
+class InvalidInput(StreamorchError):
+    def __init__(self, message: str, *, code: str = "invalid_input", **details: object) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(message)
 
 
 class ConfigurationError(StreamorchError):

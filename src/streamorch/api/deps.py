@@ -1,0 +1,58 @@
+"""Request dependencies: the orchestrator and bearer-token checks (constant time)."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import HTTPException, Request
+
+from streamorch.core.service import Orchestrator
+
+
+def orchestrator(request: Request) -> Orchestrator:
+    return request.app.state.runtime.orchestrator
+
+
+def _token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value else None
+
+
+def _matches(given: str | None, expected: str | None) -> bool:
+    return (
+        given is not None
+        and expected is not None
+        and hmac.compare_digest(given.encode(), expected.encode())
+    )
+
+
+def _secret(value) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def require_admin(request: Request) -> None:
+    settings = request.app.state.runtime.settings
+    admin = _secret(settings.admin_token)
+    if admin is None:
+        return
+    if not _matches(_token(request), admin):
+        raise _denied("an admin token")
+
+
+def require_worker(request: Request) -> None:
+    settings = request.app.state.runtime.settings
+    admin, worker = _secret(settings.admin_token), _secret(settings.worker_token)
+    if admin is None and worker is None:
+        return
+    given = _token(request)
+    if not (_matches(given, worker) or _matches(given, admin)):
+        raise _denied("a worker or admin token")
+
+
+def _denied(what: str) -> HTTPException:
+    return HTTPException(
+        status_code=401,
+        detail=f"this call needs {what}: send 'Authorization: Bearer <token>'",
+        headers={"WWW-Authenticate": "Bearer"},
+    )

@@ -1,0 +1,108 @@
+"""Errors as `{"error": {"code", "message", "details"}}`, mapped from the domain tree in one table."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from streamorch.domain import errors
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    errors.NotFound: 404,
+    errors.Superseded: 409,
+    errors.LeaseExpired: 409,
+    errors.Conflict: 409,
+    errors.InvalidInput: 422,
+}
+
+
+def body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def _status_for(exc: errors.StreamorchError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)
+    return text or "request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.StreamorchError)
+    async def domain_error(request: Request, exc: errors.StreamorchError) -> JSONResponse:
+        status = _status_for(exc)
+        code = getattr(exc, "code", "error")
+        details = dict(getattr(exc, "details", {}) or {})
+        if status == 500:
+            log.error(
+                "unhandled domain error: %s",
+                exc,
+                exc_info=exc,
+                extra={"action": "request_failed", "path": request.url.path},
+            )
+            return JSONResponse(body("internal", "internal error; see the server log"), 500)
+        return JSONResponse(body(code, str(exc), details), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            problems.append(f"{_location(tuple(err.get('loc', ())))}: {message}")
+        shown = "; ".join(problems[:10]) + (
+            f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        )
+        return JSONResponse(
+            body("invalid_input", f"invalid request: {shown}", {"problems": problems[:100]}),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+            401: "unauthorized",
+            403: "forbidden",
+        }.get(exc.status_code, "http_error")
+        return JSONResponse(
+            body(code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning(
+            "database unavailable: %s",
+            exc,
+            extra={"action": "database_unavailable", "path": request.url.path},
+        )
+        return JSONResponse(
+            body(
+                "database_unavailable",
+                "PostgreSQL is unavailable; retry shortly (workers: keep running what you have "
+                "until your lease margin)",
+            ),
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )

@@ -1,0 +1,114 @@
+"""The stream catalog: `/v1/streams`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
+
+from streamorch.api import deps
+from streamorch.api.schemas import KEY_PATTERN, BulkBody, StreamBody
+from streamorch.core.service import Orchestrator
+from streamorch.domain.errors import InvalidInput
+from streamorch.store.postgres import StreamSpec
+
+router = APIRouter(
+    prefix="/v1/streams", tags=["streams"], dependencies=[Depends(deps.require_admin)]
+)
+
+_KEY = re.compile(KEY_PATTERN)
+
+
+def valid_key(key: str) -> str:
+    if not _KEY.match(key):
+        raise InvalidInput(
+            f"stream key {key[:80]!r} is invalid: use 1-200 letters, digits or ._:-/",
+            code="invalid_key",
+        )
+    return key
+
+
+def stream_out(row: dict[str, Any]) -> dict[str, Any]:
+    assignment = None
+    if row.get("worker_id") is not None:
+        assignment = {
+            "worker": row["worker_name"],
+            "worker_id": str(row["worker_id"]),
+            "token": row["token"],
+            "state": row["state"],
+            "since": row["since"].isoformat(),
+            "reason": row["reason"],
+            "target": row.get("target_name"),
+        }
+    out = {
+        "key": row["key"],
+        "url": row["url"],
+        "weight": row["weight"],
+        "labels": row["labels"],
+        "requires": row["requires"],
+        "enabled": row["enabled"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+        "assignment": assignment,
+    }
+    if "reason" in row and assignment is None and row.get("reason"):
+        out["reason"] = row["reason"]
+    return out
+
+
+@router.post("/bulk")
+async def bulk(body: BulkBody, orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, int]:
+    specs = [
+        StreamSpec(s.key, s.url, s.weight, s.labels, s.requires, s.enabled) for s in body.streams
+    ]
+    return await orch.bulk(specs, body.mode)
+
+
+@router.get("")
+async def list_streams(
+    limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = Query(None, max_length=200),
+    state: str | None = Query(None, pattern="^(assigned|unassigned|moving)$"),
+    worker: str | None = Query(None, max_length=200),
+    orch: Orchestrator = Depends(deps.orchestrator),
+) -> dict[str, Any]:
+    rows = await orch.store.list_streams(
+        after=cursor or "", limit=limit + 1, state=state, worker=worker
+    )
+    items = [stream_out(r) for r in rows[:limit]]
+    next_cursor = items[-1]["key"] if len(rows) > limit else None
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.get("/{key:path}/explain")
+async def explain(key: str, orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, Any]:
+    row = await orch.get_stream(valid_key(key))
+    return {
+        "key": key,
+        "explanation": await orch.explain(key),
+        "assignment": stream_out(row)["assignment"],
+    }
+
+
+@router.put("/{key:path}")
+async def put_stream(
+    key: str, body: StreamBody, orch: Orchestrator = Depends(deps.orchestrator)
+) -> JSONResponse:
+    spec = StreamSpec(
+        valid_key(key), body.url, body.weight, body.labels, body.requires, body.enabled
+    )
+    created, row = await orch.put_stream(spec)
+    return JSONResponse(stream_out(row), status_code=201 if created else 200)
+
+
+@router.get("/{key:path}")
+async def get_stream(key: str, orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, Any]:
+    return stream_out(await orch.get_stream(valid_key(key)))
+
+
+@router.delete("/{key:path}", status_code=204)
+async def delete_stream(key: str, orch: Orchestrator = Depends(deps.orchestrator)) -> Response:
+    await orch.delete_stream(valid_key(key))
+    return Response(status_code=204)

@@ -1,0 +1,131 @@
+"""The fleet: `/v1/workers` — register, heartbeat, long-poll, drain, deregister, list."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from streamorch.api import deps
+from streamorch.api.schemas import HeartbeatBody, RegisterBody
+from streamorch.core.service import Orchestrator
+
+router = APIRouter(prefix="/v1/workers", tags=["workers"])
+
+
+def _settings(request: Request):
+    return request.app.state.runtime.settings
+
+
+def desired_out(request: Request, row: dict[str, Any]) -> dict[str, Any]:
+    settings = _settings(request)
+    return {
+        "lease_expires_at": row["lease_expires_at"].isoformat(),
+        "version": row["version"],
+        "status": row["status"],
+        "assignments": row["assignments"],
+        "heartbeat_interval_s": settings.heartbeat_interval,
+        "lease_ttl_s": settings.lease_ttl,
+    }
+
+
+@router.post("/register", status_code=201, dependencies=[Depends(deps.require_worker)])
+async def register(
+    request: Request, body: RegisterBody, orch: Orchestrator = Depends(deps.orchestrator)
+) -> JSONResponse:
+    row = await orch.register(
+        name=body.name, capacity=body.capacity, labels=body.labels, address=body.address
+    )
+    settings = _settings(request)
+    return JSONResponse(
+        {
+            "worker_id": str(row["id"]),
+            "name": body.name,
+            "incarnation": row["incarnation"],
+            "heartbeat_interval_s": settings.heartbeat_interval,
+            "lease_ttl_s": settings.lease_ttl,
+            "lease_expires_at": row["lease_expires_at"].isoformat(),
+            "kept_streams": row["kept"],
+        },
+        status_code=201,
+    )
+
+
+@router.post("/{worker_id}/heartbeat", dependencies=[Depends(deps.require_worker)])
+async def heartbeat(
+    request: Request,
+    worker_id: uuid.UUID,
+    body: HeartbeatBody,
+    orch: Orchestrator = Depends(deps.orchestrator),
+) -> dict[str, Any]:
+    result = await orch.heartbeat(
+        worker_id,
+        incarnation=body.incarnation,
+        running=body.running,
+        draining=body.status == "draining",
+        metrics=body.metrics,
+    )
+    return desired_out(
+        request,
+        {
+            "lease_expires_at": result.lease_expires_at,
+            "version": result.version,
+            "status": result.status,
+            "assignments": result.assignments,
+        },
+    )
+
+
+@router.get("/{worker_id}/assignments", dependencies=[Depends(deps.require_worker)])
+async def assignments(
+    request: Request,
+    worker_id: uuid.UUID,
+    version: int | None = Query(None, ge=0),
+    wait: float = Query(0, ge=0, le=30),
+    orch: Orchestrator = Depends(deps.orchestrator),
+) -> dict[str, Any]:
+    return desired_out(request, await orch.desired(worker_id, version=version, wait=wait))
+
+
+@router.post("/{worker_id}/drain", status_code=202, dependencies=[Depends(deps.require_worker)])
+async def drain(
+    worker_id: uuid.UUID, orch: Orchestrator = Depends(deps.orchestrator)
+) -> dict[str, str]:
+    await orch.drain(worker_id)
+    return {"status": "draining"}
+
+
+@router.delete("/{worker_id}", status_code=204, dependencies=[Depends(deps.require_worker)])
+async def deregister(
+    worker_id: uuid.UUID, force: bool = False, orch: Orchestrator = Depends(deps.orchestrator)
+) -> Response:
+    await orch.deregister(worker_id, force=force)
+    return Response(status_code=204)
+
+
+@router.get("", dependencies=[Depends(deps.require_admin)])
+async def list_workers(
+    status: str | None = Query(None, pattern="^(active|draining|expired|left)$"),
+    orch: Orchestrator = Depends(deps.orchestrator),
+) -> dict[str, Any]:
+    rows = await orch.workers(status)
+    return {
+        "items": [
+            {
+                "worker_id": str(r["id"]),
+                "name": r["name"],
+                "status": r["status"],
+                "incarnation": r["incarnation"],
+                "capacity": r["capacity"],
+                "load": r["load"],
+                "labels": r["labels"],
+                "address": r["address"],
+                "last_heartbeat": r["last_heartbeat"].isoformat(),
+                "lease_expires_at": r["lease_expires_at"].isoformat(),
+                "streams": r["streams"],
+            }
+            for r in rows
+        ]
+    }

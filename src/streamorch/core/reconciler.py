@@ -1,0 +1,130 @@
+"""The control loop: one reconcile pass every RECONCILE_INTERVAL, or sooner when woken.
+
+Every server process runs one; a pass takes a transaction-scoped advisory lock,
+so replicas never run passes at the same time and a replica killed mid-pass
+leaves nothing half-done (its transaction rolls back). A pass: expire lapsed
+leases → finish moves whose old owner stopped → plan (place, drain, rebalance)
+→ write grants and revokes → notify the workers concerned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import psycopg
+
+from streamorch.domain.errors import StoreError
+from streamorch.domain.models import Policy
+from streamorch.store.postgres import EngineStore, PassResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcilerStats:
+    passes: int = 0
+    planned_passes: int = 0
+    last_pass_at: float | None = None  # time.time()
+    last_duration_ms: float | None = None
+    last_error: str | None = None
+    grants: int = 0
+    revokes: int = 0
+    expired: int = 0
+    unplaced: dict[str, str] = field(default_factory=dict)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: EngineStore,
+        policy: Policy,
+        interval: float,
+        on_touched: Callable[[set[str]], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.interval = interval
+        self.on_touched = on_touched
+        self.stats = ReconcilerStats()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._seen_generation: int | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="reconciler")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, timeout)
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.run_once()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, StoreError, OSError) as exc:
+                failures += 1
+                self.stats.last_error = str(exc)
+                log.warning(
+                    "reconcile pass failed: %s",
+                    exc,
+                    extra={"action": "reconcile_failed", "failures": failures},
+                )
+                # Back off while the database is away: no busy loop.
+                await asyncio.sleep(min(self.interval * 2**failures, 10.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+
+    async def run_once(self) -> PassResult:
+        started = time.perf_counter()
+        result = await self.store.reconcile_pass(self.policy, self._seen_generation)
+        if not result.ran:
+            return result
+        # Remember the generation only once planning has nothing left to do, so a
+        # pass limited by MAX_MOVES_PER_PASS or with moves in flight is followed by more.
+        if result.planned:
+            self._seen_generation = result.generation if result.plan.empty else None
+            self.stats.unplaced = result.plan.unplaced
+            self.stats.planned_passes += 1
+        duration = round((time.perf_counter() - started) * 1000, 2)
+        stats = self.stats
+        stats.passes += 1
+        stats.last_pass_at = time.time()
+        stats.last_duration_ms = duration
+        stats.last_error = None
+        stats.grants += len(result.plan.grants)
+        stats.revokes += len(result.plan.revokes)
+        stats.expired += len(result.expired)
+        if result.expired or not result.plan.empty or result.finished:
+            log.info(
+                "reconcile pass: %d granted, %d revoked, %d moves finished, %d workers expired",
+                len(result.plan.grants),
+                len(result.plan.revokes),
+                result.finished,
+                len(result.expired),
+                extra={
+                    "action": "reconcile_pass",
+                    "duration_ms": duration,
+                    "unplaced": len(result.plan.unplaced),
+                },
+            )
+        if result.touched:
+            await self.on_touched(result.touched)
+        return result

@@ -1,0 +1,169 @@
+"""The composition root of the engine: store, notifier and reconciler wired together.
+
+Routes call the `Orchestrator`; it performs the change through the store (one
+transaction each), then wakes the workers concerned and the local reconciler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from streamorch.config import Settings
+from streamorch.core.notifier import Notifier
+from streamorch.core.reconciler import Reconciler
+from streamorch.domain import placement
+from streamorch.domain.errors import NotFound
+from streamorch.domain.models import Policy
+from streamorch.store import postgres
+from streamorch.store.database import DatabaseManager
+from streamorch.store.postgres import EngineStore, HeartbeatResult, StreamSpec
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings, db: DatabaseManager, redis: aioredis.Redis | None):
+        self.settings = settings
+        self.db = db
+        self.store = EngineStore(db)
+        self.notifier = Notifier(db.target.conninfo, redis)
+        self.policy = Policy(settings.rebalance_threshold, settings.max_moves_per_pass)
+        self.reconciler = Reconciler(
+            self.store, self.policy, settings.reconcile_interval, self.notifier.publish
+        )
+
+    async def start(self) -> None:
+        self.notifier.start()
+        self.reconciler.start()
+
+    async def stop(self) -> None:
+        await self.reconciler.stop()
+        await self.notifier.stop()
+
+    async def _changed(self, touched: set[str]) -> None:
+        await self.notifier.publish(touched)
+        self.reconciler.wake()
+
+    # -- catalog ---------------------------------------------------------------
+    async def put_stream(self, spec: StreamSpec) -> tuple[bool, dict[str, Any]]:
+        created = await self.store.upsert_stream(spec)
+        self.reconciler.wake()
+        return created, await self.get_stream(spec.key)
+
+    async def get_stream(self, key: str) -> dict[str, Any]:
+        row = await self.store.get_stream(key)
+        if row is None:
+            raise NotFound("stream", key)
+        if row["worker_id"] is None and row["enabled"]:
+            row["reason"] = await self.explain(key)
+        return row
+
+    async def delete_stream(self, key: str) -> None:
+        await self._changed(await self.store.delete_stream(key))
+
+    async def bulk(self, specs: list[StreamSpec], mode: str) -> dict[str, int]:
+        counts, touched = await self.store.bulk(specs, mode)
+        await self._changed(touched)
+        return counts
+
+    async def explain(self, key: str) -> str:
+        async with self.db.connection() as conn:
+            snapshot = await self.store.snapshot(conn)
+        return placement.explain(snapshot, key, self.policy)
+
+    # -- fleet -----------------------------------------------------------------
+    async def register(
+        self, *, name: str, capacity: int, labels: dict[str, str], address: str | None
+    ) -> dict[str, Any]:
+        row, touched = await self.store.register(
+            name=name,
+            capacity=capacity,
+            labels=labels,
+            address=address,
+            ttl=self.settings.lease_ttl,
+        )
+        await self._changed(touched)
+        return row
+
+    async def heartbeat(
+        self,
+        worker_id: uuid.UUID,
+        *,
+        incarnation: int,
+        running: list[str],
+        draining: bool,
+        metrics: dict[str, Any],
+    ) -> HeartbeatResult:
+        result = await self.store.heartbeat(
+            worker_id,
+            incarnation=incarnation,
+            running=running,
+            draining=draining,
+            metrics=metrics,
+            ttl=self.settings.lease_ttl,
+        )
+        if result.became_draining:
+            await postgres.bump_generation(self.db)
+        if result.running_changed or result.became_draining:
+            self.reconciler.wake()
+        return result
+
+    async def desired(
+        self, worker_id: uuid.UUID, *, version: int | None, wait: float
+    ) -> dict[str, Any]:
+        """The worker's desired set; with `wait`, as soon as its version differs from `version`."""
+        if version is None or wait <= 0:
+            return await self.store.desired(worker_id)
+        async with self.notifier.subscription(str(worker_id)) as changed:
+            if await self.store.version(worker_id) == version:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), wait)
+        return await self.store.desired(worker_id)
+
+    async def drain(self, worker_id: uuid.UUID) -> None:
+        await self.store.drain(worker_id)
+        self.reconciler.wake()
+
+    async def deregister(self, worker_id: uuid.UUID, *, force: bool) -> None:
+        await self._changed(await self.store.deregister(worker_id, force=force))
+
+    async def workers(self, status: str | None) -> list[dict[str, Any]]:
+        return await self.store.list_workers(status)
+
+    # -- cluster ---------------------------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        raw = await self.store.status()
+        loads = [r for r in raw["loads"] if r["status"] == "active"]
+        capacity = sum(r["capacity"] for r in raw["loads"])
+        load = sum(r["load"] for r in raw["loads"])
+        utilisation = [r["load"] / r["capacity"] for r in loads]
+        mean = sum(utilisation) / len(utilisation) if utilisation else 0.0
+        stats = self.reconciler.stats
+        return {
+            "streams": {k: int(v) for k, v in raw["streams"].items()},
+            "workers": {
+                s: raw["workers"].get(s, 0) for s in ("active", "draining", "expired", "left")
+            },
+            "capacity": capacity,
+            "load": load,
+            "load_percent": round(100 * load / capacity, 1) if capacity else 0.0,
+            "balance": {
+                "max_utilisation": round(max(utilisation), 4) if utilisation else 0.0,
+                "mean_utilisation": round(mean, 4),
+                "max_over_mean": round(max(utilisation) / mean, 4) if mean else None,
+            },
+            "reconciler": {
+                "last_pass_at": stats.last_pass_at,
+                "last_duration_ms": stats.last_duration_ms,
+                "passes": stats.passes,
+                "last_error": stats.last_error,
+                "note": "every server process runs a reconciler; passes are serialised by a "
+                "PostgreSQL advisory lock, so there is no leader to elect or lose",
+            },
+        }
+
+    async def events(self, *, since: int, limit: int, stream: str | None) -> list[dict[str, Any]]:
+        return await self.store.events(since=since, limit=limit, stream=stream)

@@ -1,0 +1,243 @@
+-- Runtime queries, one per `-- name: <name>` header, named parameters only.
+-- Loaded by store/queries.py. Set-based: arrays and unnest, never a round trip per row.
+
+-- name: bump_generation
+UPDATE cluster SET generation = generation + 1;
+
+-- name: generation
+SELECT generation FROM cluster;
+
+-- name: upsert_stream
+INSERT INTO streams (key, url, weight, labels, requires, enabled)
+VALUES (%(key)s, %(url)s, %(weight)s, %(labels)s, %(requires)s, %(enabled)s)
+ON CONFLICT (key) DO UPDATE
+   SET url = EXCLUDED.url, weight = EXCLUDED.weight, labels = EXCLUDED.labels,
+       requires = EXCLUDED.requires, enabled = EXCLUDED.enabled, updated_at = now()
+RETURNING key, (xmax = 0) AS created;
+
+-- name: bulk_upsert_streams
+INSERT INTO streams AS s (key, url, weight, labels, requires, enabled)
+SELECT * FROM unnest(%(keys)s::text[], %(urls)s::text[], %(weights)s::int[],
+                     %(labels)s::jsonb[], %(requires)s::jsonb[], %(enabled)s::boolean[])
+ON CONFLICT (key) DO UPDATE
+   SET url = EXCLUDED.url, weight = EXCLUDED.weight, labels = EXCLUDED.labels,
+       requires = EXCLUDED.requires, enabled = EXCLUDED.enabled, updated_at = now()
+ WHERE (s.url, s.weight, s.labels, s.requires, s.enabled)
+       IS DISTINCT FROM (EXCLUDED.url, EXCLUDED.weight, EXCLUDED.labels, EXCLUDED.requires, EXCLUDED.enabled)
+RETURNING (xmax = 0) AS created;
+
+-- name: delete_streams_not_in
+DELETE FROM streams WHERE NOT (key = ANY (%(keys)s::text[])) RETURNING key;
+
+-- name: delete_streams
+DELETE FROM streams WHERE key = ANY (%(keys)s::text[]) RETURNING key;
+
+-- name: revoke_deleted
+-- Deleted streams keep their assignment row until the owner stopped them (I1).
+UPDATE assignments
+   SET state = 'revoking', revoked_at = now(), target_id = NULL, reason = 'deleted'
+ WHERE stream_key = ANY (%(keys)s::text[]) AND state = 'granted'
+RETURNING stream_key, worker_id;
+
+-- name: get_stream
+SELECT s.key, s.url, s.weight, s.labels, s.requires, s.enabled, s.created_at, s.updated_at,
+       a.worker_id, w.name AS worker_name, a.token, a.state, a.since, a.reason,
+       a.target_id, t.name AS target_name
+  FROM streams s
+  LEFT JOIN assignments a ON a.stream_key = s.key
+  LEFT JOIN workers w ON w.id = a.worker_id
+  LEFT JOIN workers t ON t.id = a.target_id
+ WHERE s.key = %(key)s;
+
+-- name: list_streams
+SELECT s.key, s.url, s.weight, s.labels, s.requires, s.enabled, s.created_at, s.updated_at,
+       a.worker_id, w.name AS worker_name, a.token, a.state, a.since, a.reason,
+       a.target_id, t.name AS target_name
+  FROM streams s
+  LEFT JOIN assignments a ON a.stream_key = s.key
+  LEFT JOIN workers w ON w.id = a.worker_id
+  LEFT JOIN workers t ON t.id = a.target_id
+ WHERE s.key > %(after)s
+   AND (%(state)s::text IS NULL
+        OR (%(state)s = 'assigned' AND a.state = 'granted')
+        OR (%(state)s = 'moving' AND a.state = 'revoking')
+        OR (%(state)s = 'unassigned' AND a.stream_key IS NULL))
+   AND (%(worker)s::text IS NULL OR w.name = %(worker)s OR a.worker_id::text = %(worker)s)
+ ORDER BY s.key
+ LIMIT %(limit)s;
+
+-- name: lock_worker_by_name
+SELECT id, incarnation, status, lease_expires_at > now() AS lease_valid
+  FROM workers WHERE name = %(name)s FOR UPDATE;
+
+-- name: insert_worker
+INSERT INTO workers (name, capacity, labels, address, lease_expires_at)
+VALUES (%(name)s, %(capacity)s, %(labels)s, %(address)s, now() + make_interval(secs => %(ttl)s))
+RETURNING id, incarnation, lease_expires_at;
+
+-- name: reincarnate_worker
+UPDATE workers
+   SET incarnation = incarnation + 1, capacity = %(capacity)s, labels = %(labels)s,
+       address = %(address)s, status = 'active', running = '{}', metrics = '{}',
+       version = version + 1, registered_at = now(), last_heartbeat = now(),
+       lease_expires_at = now() + make_interval(secs => %(ttl)s)
+ WHERE id = %(id)s
+RETURNING id, incarnation, lease_expires_at;
+
+-- name: regrant_all
+-- A worker re-registering within its lease keeps its streams, each with a fresh token.
+UPDATE assignments SET token = nextval('fencing_tokens'), since = now()
+ WHERE worker_id = %(id)s AND state = 'granted'
+RETURNING stream_key;
+
+-- name: release_all
+DELETE FROM assignments WHERE worker_id = %(id)s RETURNING stream_key;
+
+-- name: untarget
+UPDATE assignments SET target_id = NULL WHERE target_id = ANY (%(ids)s::uuid[]);
+
+-- name: heartbeat
+WITH prev AS (
+    SELECT id, incarnation, status, lease_expires_at > now() AS lease_valid, running
+      FROM workers WHERE id = %(id)s FOR UPDATE
+), upd AS (
+    UPDATE workers w
+       SET last_heartbeat = now(),
+           lease_expires_at = now() + make_interval(secs => %(ttl)s),
+           running = %(running)s::text[],
+           metrics = %(metrics)s,
+           status = CASE WHEN %(draining)s THEN 'draining' ELSE w.status END
+      FROM prev
+     WHERE w.id = prev.id AND prev.incarnation = %(incarnation)s
+       AND prev.status IN ('active', 'draining') AND prev.lease_valid
+    RETURNING w.id, w.version, w.lease_expires_at, w.status
+)
+SELECT prev.incarnation, prev.status AS previous_status, prev.lease_valid,
+       prev.running IS DISTINCT FROM %(running)s::text[] AS running_changed,
+       upd.version, upd.lease_expires_at, upd.status,
+       coalesce((SELECT json_agg(json_build_object('stream', a.stream_key, 'url', s.url,
+                                                   'weight', s.weight, 'token', a.token)
+                                 ORDER BY a.stream_key)
+                   FROM assignments a JOIN streams s ON s.key = a.stream_key
+                  WHERE a.worker_id = upd.id AND a.state = 'granted'), '[]'::json) AS assignments
+  FROM prev LEFT JOIN upd ON true;
+
+-- name: desired
+SELECT w.version, w.lease_expires_at, w.status, w.incarnation,
+       coalesce((SELECT json_agg(json_build_object('stream', a.stream_key, 'url', s.url,
+                                                   'weight', s.weight, 'token', a.token)
+                                 ORDER BY a.stream_key)
+                   FROM assignments a JOIN streams s ON s.key = a.stream_key
+                  WHERE a.worker_id = w.id AND a.state = 'granted'), '[]'::json) AS assignments
+  FROM workers w WHERE w.id = %(id)s;
+
+-- name: worker_version
+SELECT version FROM workers WHERE id = %(id)s;
+
+-- name: set_draining
+UPDATE workers SET status = 'draining'
+ WHERE id = %(id)s AND status IN ('active', 'draining')
+RETURNING id;
+
+-- name: worker_status
+SELECT id, name, status, (SELECT count(*) FROM assignments a WHERE a.worker_id = w.id) AS owned
+  FROM workers w WHERE id = %(id)s FOR UPDATE;
+
+-- name: retire_worker
+UPDATE workers SET status = 'left', lease_expires_at = now(), running = '{}', version = version + 1
+ WHERE id = %(id)s;
+
+-- name: list_workers
+SELECT w.id, w.name, w.status, w.incarnation, w.capacity, w.labels, w.address,
+       w.last_heartbeat, w.lease_expires_at, w.metrics,
+       coalesce(sum(s.weight), 0)::int AS load, count(a.stream_key)::int AS streams
+  FROM workers w
+  LEFT JOIN assignments a ON a.worker_id = w.id
+  LEFT JOIN streams s ON s.key = a.stream_key
+ WHERE (%(status)s::text IS NULL OR w.status = %(status)s)
+ GROUP BY w.id
+ ORDER BY w.name;
+
+-- name: bump_versions
+UPDATE workers SET version = version + 1 WHERE id = ANY (%(ids)s::uuid[]);
+
+-- name: notify
+SELECT pg_notify('streamorch_assignments', %(payload)s);
+
+-- name: insert_events
+INSERT INTO events (kind, stream_key, worker_id, reason, details)
+SELECT * FROM unnest(%(kinds)s::text[], %(streams)s::text[], %(workers)s::uuid[],
+                     %(reasons)s::text[], %(details)s::jsonb[]);
+
+-- name: list_events
+SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.reason, e.details
+  FROM events e LEFT JOIN workers w ON w.id = e.worker_id
+ WHERE e.id > %(since)s
+   AND (%(stream)s::text IS NULL OR e.stream_key = %(stream)s)
+ ORDER BY e.id
+ LIMIT %(limit)s;
+
+-- name: reconcile_lock
+SELECT pg_try_advisory_xact_lock(%(key)s);
+
+-- name: expire_workers
+UPDATE workers SET status = 'expired', version = version + 1
+ WHERE status IN ('active', 'draining') AND lease_expires_at < now()
+RETURNING id;
+
+-- name: release_workers
+DELETE FROM assignments WHERE worker_id = ANY (%(ids)s::uuid[])
+RETURNING stream_key, worker_id;
+
+-- name: finish_moves
+-- The owner reported, after the revoke, a running set without the stream: it
+-- stopped, so the stream may now be granted elsewhere (I1).
+DELETE FROM assignments a USING workers w
+ WHERE a.worker_id = w.id AND a.state = 'revoking'
+   AND w.last_heartbeat > a.revoked_at AND NOT (a.stream_key = ANY (w.running))
+RETURNING a.stream_key, a.worker_id, a.target_id, a.reason;
+
+-- name: live_workers
+SELECT w.id, w.name, w.capacity, w.labels, w.status
+  FROM workers w WHERE w.status IN ('active', 'draining');
+
+-- name: all_assignments
+SELECT stream_key, worker_id, state, target_id FROM assignments;
+
+-- name: placement_streams
+SELECT s.key, s.weight, s.requires, s.enabled
+  FROM streams s
+ WHERE s.enabled OR EXISTS (SELECT 1 FROM assignments a WHERE a.stream_key = s.key);
+
+-- name: insert_grants
+INSERT INTO assignments (stream_key, worker_id, token, reason)
+SELECT k, w, nextval('fencing_tokens'), r
+  FROM unnest(%(keys)s::text[], %(workers)s::uuid[], %(reasons)s::text[]) AS t(k, w, r)
+RETURNING stream_key, worker_id, token;
+
+-- name: apply_revokes
+UPDATE assignments a
+   SET state = 'revoking', revoked_at = now(), target_id = t.target, reason = t.reason
+  FROM unnest(%(keys)s::text[], %(targets)s::uuid[], %(reasons)s::text[]) AS t(k, target, reason)
+ WHERE a.stream_key = t.k AND a.state = 'granted'
+RETURNING a.stream_key, a.worker_id, a.target_id, a.reason;
+
+-- name: status_counts
+SELECT
+  (SELECT count(*) FROM streams WHERE enabled) AS enabled,
+  (SELECT count(*) FROM streams WHERE NOT enabled) AS disabled,
+  (SELECT count(*) FROM assignments WHERE state = 'granted') AS assigned,
+  (SELECT count(*) FROM assignments WHERE state = 'revoking') AS moving,
+  (SELECT count(*) FROM streams s WHERE s.enabled
+      AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.stream_key = s.key)) AS unassigned;
+
+-- name: worker_loads
+SELECT w.id, w.name, w.status, w.capacity, coalesce(sum(s.weight), 0)::int AS load
+  FROM workers w
+  LEFT JOIN assignments a ON a.worker_id = w.id
+  LEFT JOIN streams s ON s.key = a.stream_key
+ WHERE w.status IN ('active', 'draining')
+ GROUP BY w.id;
+
+-- name: worker_counts
+SELECT status, count(*)::int AS n FROM workers GROUP BY status;
