@@ -33,6 +33,8 @@ class Notifier:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._tasks: list[asyncio.Task[None]] = []
         self.listening = {"postgresql": False, "redis": False}
+        # Notifications received per source: lets health and tests see which path works.
+        self.received = {"postgresql": 0, "redis": 0}
 
     # -- local waiters ---------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -91,6 +93,7 @@ class Notifier:
                     self.listening["postgresql"] = True
                     delay = 0.5
                     async for notice in conn.notifies():
+                        self.received["postgresql"] += 1
                         self.dispatch(notice.payload.split(","))
             except asyncio.CancelledError:
                 raise
@@ -115,6 +118,7 @@ class Notifier:
                 delay = 0.5
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
+                        self.received["redis"] += 1
                         data = message["data"]
                         text = data.decode() if isinstance(data, bytes) else str(data)
                         self.dispatch(text.split(","))

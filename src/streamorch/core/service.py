@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -156,7 +158,10 @@ class Orchestrator:
                 "max_over_mean": round(max(utilisation) / mean, 4) if mean else None,
             },
             "reconciler": {
-                "last_pass_at": stats.last_pass_at,
+                "last_pass_at": _iso(stats.last_pass_at),
+                "last_pass_age_s": round(time.time() - stats.last_pass_at, 3)
+                if stats.last_pass_at
+                else None,
                 "last_duration_ms": stats.last_duration_ms,
                 "passes": stats.passes,
                 "last_error": stats.last_error,
@@ -167,3 +172,9 @@ class Orchestrator:
 
     async def events(self, *, since: int, limit: int, stream: str | None) -> list[dict[str, Any]]:
         return await self.store.events(since=since, limit=limit, stream=stream)
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
