@@ -241,6 +241,17 @@ def check_consistency(settings: Settings) -> list[Problem]:
                 {"variable": "LEASE_TTL"},
             )
         )
+    if settings.reconcile_interval * 2 >= settings.lease_ttl:
+        problems.append(
+            Problem(
+                "config.reconcile_too_slow",
+                f"RECONCILE_INTERVAL={settings.reconcile_interval:g} is not under half of "
+                f"LEASE_TTL={settings.lease_ttl:g}",
+                "keep RECONCILE_INTERVAL well under LEASE_TTL (default 1 s against 10 s), or "
+                "failover lags and idle gaps look like outages",
+                {"variable": "RECONCILE_INTERVAL"},
+            )
+        )
     if settings.db_pool_min_size > settings.db_pool_max_size:
         problems.append(
             Problem(

@@ -66,6 +66,7 @@ async def test_long_poll_wakes_through_postgres_when_redis_is_down(
         DATABASE_URL=postgres_server.url(database),
         REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",
         RECONCILE_INTERVAL="30",  # only the wake-up after the change may place the stream
+        LEASE_TTL="120",
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):

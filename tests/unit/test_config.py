@@ -73,6 +73,12 @@ def test_secrets_never_appear_in_problems_or_description():
 
 def test_cross_field_problems():
     with pytest.raises(ConfigurationError) as caught:
-        load_settings({"LEASE_TTL": "2", "HEARTBEAT_INTERVAL": "2", "REDIS_URL": "http://x"})
+        load_settings({"LEASE_TTL": "2.5", "HEARTBEAT_INTERVAL": "2.5", "REDIS_URL": "http://x"})
     codes = sorted(p.code for p in caught.value.problems)
     assert codes == ["config.invalid_value", "config.lease_too_short"]
+
+
+def test_reconcile_interval_must_be_well_under_the_lease():
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({"RECONCILE_INTERVAL": "6", "LEASE_TTL": "10"})
+    assert [p.code for p in caught.value.problems] == ["config.reconcile_too_slow"]

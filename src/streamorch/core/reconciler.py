@@ -45,8 +45,10 @@ class Reconciler:
         policy: Policy,
         interval: float,
         on_touched: Callable[[set[str]], Awaitable[None]],
+        lease_ttl: float = 10.0,
     ) -> None:
         self.store = store
+        self.lease_ttl = lease_ttl
         self.policy = policy
         self.interval = interval
         self.on_touched = on_touched
@@ -94,7 +96,16 @@ class Reconciler:
 
     async def run_once(self) -> PassResult:
         started = time.perf_counter()
-        result = await self.store.reconcile_pass(self.policy, self._seen_generation)
+        result = await self.store.reconcile_pass(
+            self.policy, self._seen_generation, lease_ttl=self.lease_ttl
+        )
+        if result.graced:
+            log.warning(
+                "no reconcile pass ran for over half a lease: extended %d leases instead of "
+                "expiring workers that could not reach us",
+                result.graced,
+                extra={"action": "leases_extended"},
+            )
         if not result.ran:
             return result
         # Remember the generation only once planning has nothing left to do, so a

@@ -20,7 +20,7 @@ from streamorch.core.notifier import Notifier
 from streamorch.core.reconciler import Reconciler
 from streamorch.domain import placement
 from streamorch.domain.errors import NotFound
-from streamorch.domain.models import Policy
+from streamorch.domain.models import Policy, StreamView
 from streamorch.store import postgres
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore, HeartbeatResult, StreamSpec
@@ -34,7 +34,11 @@ class Orchestrator:
         self.notifier = Notifier(db.target.conninfo, redis)
         self.policy = Policy(settings.rebalance_threshold, settings.max_moves_per_pass)
         self.reconciler = Reconciler(
-            self.store, self.policy, settings.reconcile_interval, self.notifier.publish
+            self.store,
+            self.policy,
+            settings.reconcile_interval,
+            self.notifier.publish,
+            lease_ttl=settings.lease_ttl,
         )
 
     async def start(self) -> None:
@@ -74,6 +78,14 @@ class Orchestrator:
     async def explain(self, key: str) -> str:
         async with self.db.connection() as conn:
             snapshot = await self.store.snapshot(conn)
+        if key not in snapshot.streams:
+            # The snapshot holds only streams placement may act on; a disabled stream
+            # that runs nowhere is not one of them, yet it exists and must be explained.
+            row = await self.store.get_stream(key)
+            if row is not None:
+                snapshot.streams[key] = StreamView(
+                    key, row["weight"], row["requires"], row["enabled"]
+                )
         return placement.explain(snapshot, key, self.policy)
 
     # -- fleet -----------------------------------------------------------------

@@ -67,6 +67,7 @@ class PassResult:
     plan: Plan = field(default_factory=Plan)
     touched: set[str] = field(default_factory=set)
     generation: int = 0
+    graced: int = 0  # leases extended after a control-plane outage
 
 
 class EngineStore:
@@ -413,7 +414,9 @@ class EngineStore:
         return Snapshot(workers, streams, assignments)
 
     # -- reconcile -------------------------------------------------------------
-    async def reconcile_pass(self, policy: Policy, seen_generation: int | None) -> PassResult:
+    async def reconcile_pass(
+        self, policy: Policy, seen_generation: int | None, *, lease_ttl: float = 10.0
+    ) -> PassResult:
         """One pass, one transaction; skipped if another replica holds the lock (I7)."""
         result = PassResult()
         async with self.db.connection() as conn, conn.transaction():
@@ -424,6 +427,25 @@ class EngineStore:
             result.ran = True
             touched: set[Any] = set()
             events: list[Event] = []
+
+            cur = await conn.execute(sql("note_pass"))
+            gap = (await cur.fetchone())[0]
+            if gap is not None and gap > lease_ttl / 2:
+                # No pass ran for half a lease: the control plane itself was out, so
+                # silence from workers proves nothing. Give every live worker a full
+                # lease to reach us again rather than expiring the whole fleet at once.
+                cur = await conn.execute(sql("grace_leases"), {"ttl": lease_ttl})
+                graced = len(await cur.fetchall())
+                result.graced = graced
+                events.append(
+                    Event(
+                        "leases_extended",
+                        None,
+                        None,
+                        "control_plane_outage",
+                        {"gap_s": round(gap, 1), "workers": graced},
+                    )
+                )
 
             cur = await conn.execute(sql("expire_workers"))
             expired = [w for (w,) in await cur.fetchall()]

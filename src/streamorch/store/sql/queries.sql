@@ -114,7 +114,12 @@ WITH prev AS (
 )
 SELECT prev.incarnation, prev.status AS previous_status, prev.lease_valid,
        prev.running IS DISTINCT FROM %(running)s::text[] AS running_changed,
-       upd.version, upd.lease_expires_at, upd.status,
+       -- The version in this statement's snapshot, which the assignments below are read
+       -- from. Not upd.version: when this statement waited for the row lock of a reconcile
+       -- pass, upd sees the row that pass committed, and would pair its newer version with
+       -- the older set (a worker long-polling on that version would then miss the change).
+       (SELECT v.version FROM workers v WHERE v.id = upd.id) AS version,
+       upd.lease_expires_at, upd.status,
        coalesce((SELECT json_agg(json_build_object('stream', a.stream_key, 'url', s.url,
                                                    'weight', s.weight, 'token', a.token)
                                  ORDER BY a.stream_key)
@@ -179,6 +184,17 @@ SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.r
 
 -- name: reconcile_lock
 SELECT pg_try_advisory_xact_lock(%(key)s);
+
+-- name: note_pass
+-- Seconds since the previous pass anywhere in the cluster (NULL for the first).
+UPDATE cluster c SET last_pass_at = now()
+  FROM (SELECT last_pass_at FROM cluster) prev
+RETURNING extract(epoch FROM now() - prev.last_pass_at)::float8 AS gap_s;
+
+-- name: grace_leases
+UPDATE workers SET lease_expires_at = greatest(lease_expires_at, now() + make_interval(secs => %(ttl)s))
+ WHERE status IN ('active', 'draining')
+RETURNING id;
 
 -- name: expire_workers
 UPDATE workers SET status = 'expired', version = version + 1

@@ -12,7 +12,8 @@ CREATE TABLE cluster (
     singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     cluster_id uuid NOT NULL DEFAULT gen_random_uuid(),
     created_at timestamptz NOT NULL DEFAULT now(),
-    generation bigint NOT NULL DEFAULT 0
+    generation bigint NOT NULL DEFAULT 0,
+    last_pass_at timestamptz
 );
 
 CREATE TABLE streams (
