@@ -9,7 +9,7 @@ from fastapi import HTTPException, Request
 from streamorch.core.service import Orchestrator
 
 
-def orchestrator(request: Request) -> Orchestrator:
+async def orchestrator(request: Request) -> Orchestrator:
     return request.app.state.runtime.orchestrator
 
 
@@ -31,7 +31,7 @@ def _secret(value) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     settings = request.app.state.runtime.settings
     admin = _secret(settings.admin_token)
     if admin is None:
@@ -40,7 +40,7 @@ def require_admin(request: Request) -> None:
         raise _denied("an admin token")
 
 
-def require_worker(request: Request) -> None:
+async def require_worker(request: Request) -> None:
     settings = request.app.state.runtime.settings
     admin, worker = _secret(settings.admin_token), _secret(settings.worker_token)
     if admin is None and worker is None:

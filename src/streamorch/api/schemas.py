@@ -81,6 +81,9 @@ class RegisterBody(Strict):
 class HeartbeatBody(Strict):
     incarnation: int = Field(ge=1)
     running: list[StreamKey] = Field(default_factory=list, max_length=MAX_RUNNING)
+    # The version of the last desired set the worker applied: `running` reflects it.
+    # Moves off this worker finish only on reports that acknowledge the revoke.
+    version: int | None = Field(None, ge=0)
     status: Literal["active", "draining"] = "active"
     metrics: dict[str, Any] = Field(default_factory=dict)
 
@@ -95,6 +98,7 @@ class AssignmentOut(BaseModel):
 class DesiredOut(BaseModel):
     lease_expires_at: datetime
     version: int
+    incarnation: int
     assignments: list[AssignmentOut]
     heartbeat_interval_s: float
     lease_ttl_s: float

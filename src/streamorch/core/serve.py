@@ -98,7 +98,10 @@ def warn_if_exposed(settings: Settings) -> bool:
 def bind_socket(settings: Settings) -> socket.socket:
     host, port = settings.orchestrator_host, settings.orchestrator_port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets whose proto
+    # says TCP, and without it every answer written in two parts (headers, body) waits
+    # ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -110,6 +110,7 @@ class Orchestrator:
         running: list[str],
         draining: bool,
         metrics: dict[str, Any],
+        acked_version: int | None = None,
     ) -> HeartbeatResult:
         result = await self.store.heartbeat(
             worker_id,
@@ -118,6 +119,7 @@ class Orchestrator:
             draining=draining,
             metrics=metrics,
             ttl=self.settings.lease_ttl,
+            acked_version=acked_version,
         )
         if result.became_draining:
             await postgres.bump_generation(self.db)

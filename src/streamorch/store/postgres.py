@@ -98,6 +98,11 @@ class EngineStore:
                 await conn.execute(sql("notify"), {"payload": ",".join(chunk)})
         return set(ids)
 
+    async def _stamp_revokes(self, conn: psycopg.AsyncConnection, keys: list[str]) -> None:
+        """Record, after the version bump, which owner version first lacks these streams."""
+        if keys:
+            await conn.execute(sql("stamp_revokes"), {"keys": keys})
+
     async def _bump_generation(self, conn: psycopg.AsyncConnection) -> None:
         await conn.execute(sql("bump_generation"))
 
@@ -158,7 +163,9 @@ class EngineStore:
             [Event("stream_deleted", k) for k in keys]
             + [Event("revoked", k, w, "deleted") for k, w in revoked if k in deleted],
         )
-        return await self._touch(conn, (w for _, w in revoked))
+        touched = await self._touch(conn, (w for _, w in revoked))
+        await self._stamp_revokes(conn, [k for k, _ in revoked])
+        return touched
 
     async def bulk(self, specs: Sequence[StreamSpec], mode: str) -> tuple[dict[str, int], set[str]]:
         """Upsert every spec; with mode `replace`, delete streams not listed. All or nothing."""
@@ -259,6 +266,7 @@ class EngineStore:
         draining: bool,
         metrics: dict[str, Any],
         ttl: float,
+        acked_version: int | None = None,
     ) -> HeartbeatResult:
         async with self.db.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
@@ -271,6 +279,7 @@ class EngineStore:
                     "draining": draining,
                     "metrics": Jsonb(metrics),
                     "ttl": ttl,
+                    "acked_version": acked_version,
                 },
             )
             row = await cur.fetchone()
@@ -428,7 +437,7 @@ class EngineStore:
             touched: set[Any] = set()
             events: list[Event] = []
 
-            cur = await conn.execute(sql("note_pass"))
+            cur = await conn.execute(sql("pass_gap"))
             gap = (await cur.fetchone())[0]
             if gap is not None and gap > lease_ttl / 2:
                 # No pass ran for half a lease: the control plane itself was out, so
@@ -476,6 +485,8 @@ class EngineStore:
                 touched |= await self._apply(conn, plan, events)
             await self._events(conn, events)
             result.touched = await self._touch(conn, touched)
+            await self._stamp_revokes(conn, [r.stream for r in result.plan.revokes])
+            await conn.execute(sql("note_pass"))  # last: see the query's comment
         return result
 
     async def _apply(self, conn: psycopg.AsyncConnection, plan: Plan, events: list[Event]) -> set:

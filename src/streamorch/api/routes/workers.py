@@ -24,6 +24,9 @@ def desired_out(request: Request, row: dict[str, Any]) -> dict[str, Any]:
     return {
         "lease_expires_at": row["lease_expires_at"].isoformat(),
         "version": row["version"],
+        # Which registration this set is for: a long-poll has no incarnation to check,
+        # so a superseded incarnation must be able to tell the set is not its own.
+        "incarnation": row["incarnation"],
         "status": row["status"],
         "assignments": row["assignments"],
         "heartbeat_interval_s": settings.heartbeat_interval,
@@ -66,12 +69,14 @@ async def heartbeat(
         running=body.running,
         draining=body.status == "draining",
         metrics=body.metrics,
+        acked_version=body.version,
     )
     return desired_out(
         request,
         {
             "lease_expires_at": result.lease_expires_at,
             "version": result.version,
+            "incarnation": body.incarnation,
             "status": result.status,
             "assignments": result.assignments,
         },

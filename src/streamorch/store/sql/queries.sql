@@ -79,6 +79,7 @@ RETURNING id, incarnation, lease_expires_at;
 UPDATE workers
    SET incarnation = incarnation + 1, capacity = %(capacity)s, labels = %(labels)s,
        address = %(address)s, status = 'active', running = '{}', metrics = '{}',
+       acked_version = NULL,
        version = version + 1, registered_at = now(), last_heartbeat = now(),
        lease_expires_at = now() + make_interval(secs => %(ttl)s)
  WHERE id = %(id)s
@@ -105,6 +106,7 @@ WITH prev AS (
        SET last_heartbeat = now(),
            lease_expires_at = now() + make_interval(secs => %(ttl)s),
            running = %(running)s::text[],
+           acked_version = %(acked_version)s,
            metrics = %(metrics)s,
            status = CASE WHEN %(draining)s THEN 'draining' ELSE w.status END
       FROM prev
@@ -185,11 +187,16 @@ SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.r
 -- name: reconcile_lock
 SELECT pg_try_advisory_xact_lock(%(key)s);
 
+-- name: pass_gap
+-- Seconds since the previous pass anywhere in the cluster (NULL for the first). No row
+-- lock: passes are already serialised by the advisory lock.
+SELECT extract(epoch FROM now() - last_pass_at)::float8 AS gap_s FROM cluster;
+
 -- name: note_pass
--- Seconds since the previous pass anywhere in the cluster (NULL for the first).
-UPDATE cluster c SET last_pass_at = now()
-  FROM (SELECT last_pass_at FROM cluster) prev
-RETURNING extract(epoch FROM now() - prev.last_pass_at)::float8 AS gap_s;
+-- The last write of a pass. Catalog and fleet changes lock the `cluster` row last
+-- (bump_generation, after their assignment and worker rows); a pass that locked it
+-- first would invert that order and deadlock with them.
+UPDATE cluster SET last_pass_at = now();
 
 -- name: grace_leases
 UPDATE workers SET lease_expires_at = greatest(lease_expires_at, now() + make_interval(secs => %(ttl)s))
@@ -206,12 +213,24 @@ DELETE FROM assignments WHERE worker_id = ANY (%(ids)s::uuid[])
 RETURNING stream_key, worker_id;
 
 -- name: finish_moves
--- The owner reported, after the revoke, a running set without the stream: it
--- stopped, so the stream may now be granted elsewhere (I1).
+-- The owner reported a running set without the stream, in a report that reflects
+-- the revoke (it acknowledged the desired-set version that dropped the stream): it
+-- stopped, so the stream may now be granted elsewhere (I1). Clients that do not
+-- send versions fall back to "a report received after the revoke".
 DELETE FROM assignments a USING workers w
  WHERE a.worker_id = w.id AND a.state = 'revoking'
-   AND w.last_heartbeat > a.revoked_at AND NOT (a.stream_key = ANY (w.running))
+   AND NOT (a.stream_key = ANY (w.running))
+   AND CASE WHEN w.acked_version IS NOT NULL AND a.revoke_version IS NOT NULL
+            THEN w.acked_version >= a.revoke_version
+            ELSE w.last_heartbeat > a.revoked_at END
 RETURNING a.stream_key, a.worker_id, a.target_id, a.reason;
+
+-- name: stamp_revokes
+-- Run after the version bump of the same transaction: the owner's version now is the
+-- first one whose desired set lacks these streams.
+UPDATE assignments a SET revoke_version = w.version
+  FROM workers w
+ WHERE a.worker_id = w.id AND a.state = 'revoking' AND a.stream_key = ANY (%(keys)s::text[]);
 
 -- name: live_workers
 SELECT w.id, w.name, w.capacity, w.labels, w.status

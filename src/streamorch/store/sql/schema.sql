@@ -41,7 +41,8 @@ CREATE TABLE workers (
     version          bigint NOT NULL DEFAULT 1,
     registered_at    timestamptz NOT NULL DEFAULT now(),
     last_heartbeat   timestamptz NOT NULL DEFAULT now(),
-    lease_expires_at timestamptz NOT NULL
+    lease_expires_at timestamptz NOT NULL,
+    acked_version    bigint
 );
 
 CREATE INDEX workers_live_lease ON workers (lease_expires_at) WHERE status IN ('active', 'draining');
@@ -56,7 +57,8 @@ CREATE TABLE assignments (
     target_id  uuid REFERENCES workers (id),
     reason     text NOT NULL,
     since      timestamptz NOT NULL DEFAULT now(),
-    revoked_at timestamptz
+    revoked_at timestamptz,
+    revoke_version bigint
 );
 
 CREATE INDEX assignments_worker ON assignments (worker_id, state);
