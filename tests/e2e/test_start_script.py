@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import time
 from pathlib import Path
 
 import anyio
@@ -196,4 +197,30 @@ def test_redis_required_and_down_fails_in_phase_redis(launcher: Launcher, data_d
     assert code == 13, stderr
     assert "phase redis failed" in stderr
     assert f"nothing is listening on 127.0.0.1:{closed}" in stderr
+    assert_nothing_left(data_dir)
+
+
+def test_sigterm_answers_long_polls_in_flight(launcher: Launcher, data_dir: Path) -> None:
+    """Shutdown does not wait out a worker's 30 s long-poll: it is answered at once."""
+    import threading
+
+    import httpx
+
+    run = launcher.start()
+    run.wait_ready()
+    worker = httpx.post(run.base_url + "/v1/workers/register", json={"name": "w"}).json()
+    url = f"{run.base_url}/v1/workers/{worker['worker_id']}/assignments"
+    version = httpx.get(url).json()["version"]
+    answers: list[httpx.Response] = []
+    poll = threading.Thread(
+        target=lambda: answers.append(
+            httpx.get(url, params={"version": version, "wait": 30}, timeout=60)
+        )
+    )
+    poll.start()
+    time.sleep(0.5)  # the long-poll is waiting on the server now
+    assert run.stop() == 0, run.stderr()
+    poll.join(timeout=60)
+    assert [a.status_code for a in answers] == [200]
+    assert answers[0].json()["version"] == version
     assert_nothing_left(data_dir)

@@ -35,12 +35,15 @@ class Notifier:
         self.listening = {"postgresql": False, "redis": False}
         # Notifications received per source: lets health and tests see which path works.
         self.received = {"postgresql": 0, "redis": 0}
+        self.closing = False
 
     # -- local waiters ---------------------------------------------------------
     @contextlib.asynccontextmanager
     async def subscription(self, worker_id: str) -> AsyncIterator[asyncio.Event]:
         """Register before reading the version, so no change can slip in between."""
         event = asyncio.Event()
+        if self.closing:  # shutting down: answer now instead of holding the request
+            event.set()
         self._waiters[worker_id].add(event)
         try:
             yield event
@@ -50,6 +53,13 @@ class Notifier:
                 waiters.discard(event)
                 if not waiters:
                     del self._waiters[worker_id]
+
+    def release_all(self) -> None:
+        """Shutdown: let every long-poll answer now, so in-flight requests end promptly."""
+        self.closing = True
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()
 
     def dispatch(self, worker_ids: Iterable[str]) -> None:
         for worker_id in worker_ids:

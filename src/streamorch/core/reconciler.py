@@ -56,6 +56,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._seen_generation: int | None = None
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -65,16 +66,23 @@ class Reconciler:
             self._task = asyncio.create_task(self.run(), name="reconciler")
 
     async def stop(self, timeout: float = 5.0) -> None:
+        """Let the pass under way finish (it is one short transaction), then end the loop."""
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(task, timeout)
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
+            delay = self.interval
             try:
                 await self.run_once()
                 failures = 0
@@ -89,9 +97,9 @@ class Reconciler:
                     extra={"action": "reconcile_failed", "failures": failures},
                 )
                 # Back off while the database is away: no busy loop.
-                await asyncio.sleep(min(self.interval * 2**failures, 10.0))
+                delay = min(self.interval * 2**failures, 10.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
 
     async def run_once(self) -> PassResult:

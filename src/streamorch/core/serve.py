@@ -121,8 +121,26 @@ def bind_socket(settings: Settings) -> socket.socket:
     return sock
 
 
+def _release_long_polls(app) -> None:
+    runtime = getattr(app.state, "runtime", None)
+    if runtime is not None and runtime.orchestrator is not None:
+        runtime.orchestrator.notifier.release_all()
+
+
 async def _serve(settings: Settings, services: EmbeddedServices, began: float) -> None:
     import uvicorn
+
+    class _Server(uvicorn.Server):
+        """uvicorn waits for in-flight requests on shutdown: end long-polls first."""
+
+        def __init__(self, config: uvicorn.Config, on_exit) -> None:
+            super().__init__(config)
+            self._on_exit = on_exit
+            self._loop = asyncio.get_running_loop()
+
+        def handle_exit(self, sig: int, frame) -> None:
+            super().handle_exit(sig, frame)
+            self._loop.call_soon_threadsafe(self._on_exit)
 
     from streamorch.api.app import create_app
 
@@ -134,7 +152,7 @@ async def _serve(settings: Settings, services: EmbeddedServices, began: float) -
         config = uvicorn.Config(
             app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=10
         )
-        server = uvicorn.Server(config)
+        server = _Server(config, on_exit=lambda: _release_long_polls(app))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not server_task.done():
             await asyncio.sleep(0.01)
