@@ -233,14 +233,17 @@ UPDATE assignments a SET revoke_version = w.version
  WHERE a.worker_id = w.id AND a.state = 'revoking' AND a.stream_key = ANY (%(keys)s::text[]);
 
 -- name: live_workers
-SELECT w.id, w.name, w.capacity, w.labels, w.status
+-- Ids as text here and below: placement works with strings, and building uuid.UUID
+-- objects only to str() them again is most of a snapshot's cost at 100,000 streams.
+SELECT w.id::text, w.name, w.capacity, w.labels, w.status
   FROM workers w WHERE w.status IN ('active', 'draining');
 
 -- name: all_assignments
-SELECT stream_key, worker_id, state, target_id FROM assignments;
+SELECT stream_key, worker_id::text, state, target_id::text FROM assignments;
 
 -- name: placement_streams
-SELECT s.key, s.weight, s.requires, s.enabled
+-- NULL for no requirements: spares parsing '{}' once per stream.
+SELECT s.key, s.weight, nullif(s.requires, '{}'::jsonb) AS requires, s.enabled
   FROM streams s
  WHERE s.enabled OR EXISTS (SELECT 1 FROM assignments a WHERE a.stream_key = s.key);
 
