@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import shutil
 import signal
 import statistics
@@ -37,6 +35,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the process helpers are shared with the end-to-end tests
+from _servers import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 from tests.e2e.harness import clean_env, free_port, processes_mentioning  # noqa: E402
 
 SCRIPT = ROOT / "start-orchestrator.sh"
@@ -127,24 +126,6 @@ def summary(samples: list[float]) -> dict[str, float | int]:
         "min_s": round(min(samples), 3),
         "median_s": round(statistics.median(samples), 3),
         "max_s": round(max(samples), 3),
-    }
-
-
-def machine() -> dict[str, str | int | None]:
-    model = None
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(
-            (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line),
-            None,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "python": platform.python_version(),
-        "system": f"{platform.system()} {platform.release()}",
     }
 
 
