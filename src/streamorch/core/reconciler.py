@@ -24,6 +24,11 @@ from streamorch.store.postgres import EngineStore, PassResult
 
 log = logging.getLogger(__name__)
 
+# Wake this long after the earliest lease ends (PostgreSQL must see it as ended), and
+# never sooner than MIN_DELAY_S after a pass, so a lease about to end cannot spin the loop.
+EXPIRY_MARGIN_S = 0.02
+MIN_DELAY_S = 0.02
+
 
 @dataclass
 class ReconcilerStats:
@@ -53,6 +58,8 @@ class Reconciler:
         self.interval = interval
         self.on_touched = on_touched
         self.stats = ReconcilerStats()
+        # Called after every pass that ran, with its result and duration (api/metrics.py).
+        self.observers: list[Callable[[PassResult, float], None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._seen_generation: int | None = None
@@ -84,8 +91,9 @@ class Reconciler:
         while not self._stopping:
             delay = self.interval
             try:
-                await self.run_once()
+                result = await self.run_once()
                 failures = 0
+                delay = self.next_delay(result)
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, StoreError, OSError) as exc:
@@ -101,6 +109,13 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
+
+    def next_delay(self, result: PassResult) -> float:
+        """One interval, or less when a lease ends sooner: a dead worker's streams move
+        as soon as its lease has ended, not up to an interval later."""
+        if result.next_expiry_s is None:
+            return self.interval
+        return max(MIN_DELAY_S, min(self.interval, result.next_expiry_s + EXPIRY_MARGIN_S))
 
     async def run_once(self) -> PassResult:
         started = time.perf_counter()
@@ -131,6 +146,8 @@ class Reconciler:
         stats.grants += len(result.plan.grants)
         stats.revokes += len(result.plan.revokes)
         stats.expired += len(result.expired)
+        for observe in self.observers:
+            observe(result, duration)
         if result.expired or not result.plan.empty or result.finished:
             log.info(
                 "reconcile pass: %d granted, %d revoked, %d moves finished, %d workers expired",

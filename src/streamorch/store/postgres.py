@@ -20,9 +20,18 @@ from psycopg.types.json import Jsonb
 
 from streamorch.domain import placement
 from streamorch.domain.errors import Conflict, LeaseExpired, NotFound, Superseded
-from streamorch.domain.models import Holding, Plan, Policy, Snapshot, StreamView, WorkerView
+from streamorch.domain.models import (
+    EMPTY,
+    Holding,
+    Plan,
+    Policy,
+    Snapshot,
+    StreamView,
+    WorkerView,
+)
 from streamorch.store.database import DatabaseManager
 from streamorch.store.queries import sql
+from streamorch.store.retry import retry_conflicts
 
 # The advisory lock that serialises reconcile passes across replicas.
 RECONCILE_LOCK_KEY = 0x52454331  # "REC1"
@@ -68,6 +77,7 @@ class PassResult:
     touched: set[str] = field(default_factory=set)
     generation: int = 0
     graced: int = 0  # leases extended after a control-plane outage
+    next_expiry_s: float | None = None  # until the earliest live lease ends
 
 
 class EngineStore:
@@ -107,6 +117,7 @@ class EngineStore:
         await conn.execute(sql("bump_generation"))
 
     # -- catalog ---------------------------------------------------------------
+    @retry_conflicts
     async def upsert_stream(self, spec: StreamSpec) -> bool:
         async with self.db.connection() as conn, conn.transaction():
             cur = await conn.execute(
@@ -145,6 +156,7 @@ class EngineStore:
             )
             return await cur.fetchall()
 
+    @retry_conflicts
     async def delete_stream(self, key: str) -> set[str]:
         async with self.db.connection() as conn, conn.transaction():
             cur = await conn.execute(sql("delete_streams"), {"keys": [key]})
@@ -167,6 +179,7 @@ class EngineStore:
         await self._stamp_revokes(conn, [k for k, _ in revoked])
         return touched
 
+    @retry_conflicts
     async def bulk(self, specs: Sequence[StreamSpec], mode: str) -> tuple[dict[str, int], set[str]]:
         """Upsert every spec; with mode `replace`, delete streams not listed. All or nothing."""
         counts = {"created": 0, "updated": 0, "deleted": 0}
@@ -199,6 +212,7 @@ class EngineStore:
         return counts, touched
 
     # -- fleet -----------------------------------------------------------------
+    @retry_conflicts
     async def register(
         self, *, name: str, capacity: int, labels: dict[str, str], address: str | None, ttl: float
     ) -> tuple[dict[str, Any], set[str]]:
@@ -257,6 +271,7 @@ class EngineStore:
             touched = await self._touch(conn, [old["id"]])
         return {**row, "kept": kept}, touched
 
+    @retry_conflicts
     async def heartbeat(
         self,
         worker_id: uuid.UUID,
@@ -323,6 +338,7 @@ class EngineStore:
             raise NotFound("worker", str(worker_id))
         return int(row[0])
 
+    @retry_conflicts
     async def drain(self, worker_id: uuid.UUID) -> None:
         async with self.db.connection() as conn, conn.transaction():
             cur = await conn.execute(sql("worker_status"), {"id": worker_id})
@@ -339,6 +355,7 @@ class EngineStore:
                 await self._events(conn, [Event("drain_started", None, worker_id, "requested")])
                 await self._bump_generation(conn)
 
+    @retry_conflicts
     async def deregister(self, worker_id: uuid.UUID, *, force: bool) -> set[str]:
         async with self.db.connection() as conn, conn.transaction():
             cur = await conn.execute(sql("worker_status"), {"id": worker_id})
@@ -408,19 +425,18 @@ class EngineStore:
             )
             for wid, name, capacity, labels, status in await cur.fetchall()
         }
-        cur = await conn.execute(sql("placement_streams"))
-        streams = {
-            key: StreamView(key, weight, requires or {}, enabled)
-            for key, weight, requires, enabled in await cur.fetchall()
-        }
-        cur = await conn.execute(sql("all_assignments"))
-        assignments = {
-            key: Holding(key, worker, state, target)
-            for key, worker, state, target in await cur.fetchall()
-        }
+        cur = await conn.execute(sql("placement_rows"))
+        streams: dict[str, StreamView] = {}
+        assignments: dict[str, Holding] = {}
+        for key, weight, requires, enabled, worker, state, target in await cur.fetchall():
+            if weight is not None:
+                streams[key] = StreamView(key, weight, requires or EMPTY, enabled)
+            if worker is not None:
+                assignments[key] = Holding(key, worker, state, target)
         return Snapshot(workers, streams, assignments)
 
     # -- reconcile -------------------------------------------------------------
+    @retry_conflicts
     async def reconcile_pass(
         self, policy: Policy, seen_generation: int | None, *, lease_ttl: float = 10.0
     ) -> PassResult:
@@ -484,6 +500,8 @@ class EngineStore:
             await self._events(conn, events)
             result.touched = await self._touch(conn, touched)
             await self._stamp_revokes(conn, [r.stream for r in result.plan.revokes])
+            cur = await conn.execute(sql("next_expiry"))
+            result.next_expiry_s = (await cur.fetchone())[0]
             await conn.execute(sql("note_pass"))  # last: see the query's comment
         return result
 

@@ -203,6 +203,13 @@ UPDATE workers SET lease_expires_at = greatest(lease_expires_at, now() + make_in
  WHERE status IN ('active', 'draining')
 RETURNING id;
 
+-- name: next_expiry
+-- Seconds until the earliest live lease ends (NULL without live workers): the
+-- reconciler wakes then, so a dead worker's streams move as soon as its lease ends
+-- rather than up to one interval later.
+SELECT extract(epoch FROM min(lease_expires_at) - clock_timestamp())::float8
+  FROM workers WHERE status IN ('active', 'draining');
+
 -- name: expire_workers
 UPDATE workers SET status = 'expired', version = version + 1
  WHERE status IN ('active', 'draining') AND lease_expires_at < now()
@@ -238,14 +245,17 @@ UPDATE assignments a SET revoke_version = w.version
 SELECT w.id::text, w.name, w.capacity, w.labels, w.status
   FROM workers w WHERE w.status IN ('active', 'draining');
 
--- name: all_assignments
-SELECT stream_key, worker_id::text, state, target_id::text FROM assignments;
-
--- name: placement_streams
--- NULL for no requirements: spares parsing '{}' once per stream.
-SELECT s.key, s.weight, nullif(s.requires, '{}'::jsonb) AS requires, s.enabled
+-- name: placement_rows
+-- One row per stream placement may act on (enabled, or assigned), with its assignment
+-- if any; a deleted stream whose owner has not stopped it yet has an assignment and no
+-- stream (weight NULL). One pass over both tables: at 100,000 streams, fetching rows is
+-- most of a snapshot's cost. An empty `requires` comes back as NULL: spares parsing
+-- '{}' once per stream.
+SELECT coalesce(s.key, a.stream_key), s.weight, nullif(s.requires, '{}'::jsonb), s.enabled,
+       a.worker_id::text, a.state, a.target_id::text
   FROM streams s
- WHERE s.enabled OR EXISTS (SELECT 1 FROM assignments a WHERE a.stream_key = s.key);
+  FULL JOIN assignments a ON a.stream_key = s.key
+ WHERE s.enabled OR a.stream_key IS NOT NULL;
 
 -- name: insert_grants
 INSERT INTO assignments (stream_key, worker_id, token, reason)

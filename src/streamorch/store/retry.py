@@ -1,0 +1,59 @@
+"""Retry a transaction that PostgreSQL aborted to resolve a conflict between transactions.
+
+A deadlock or serialization failure is not a fault: PostgreSQL rolled one
+transaction back so the others could go on, and running it again is correct
+(every store method is one transaction, so nothing of the first attempt remains).
+Answering such a request with "database unavailable" would be wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+from psycopg import errors
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+CONFLICTS = (errors.DeadlockDetected, errors.SerializationFailure)
+ATTEMPTS = 5
+
+
+def retry_conflicts(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Run `method` again (up to ATTEMPTS times, jittered) when its transaction lost a conflict."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(ATTEMPTS),
+            # Random waits so that the transactions that collided do not collide again.
+            wait=wait_random_exponential(multiplier=0.01, max=0.2),
+            retry=retry_if_exception_type(CONFLICTS),
+            reraise=True,
+            before_sleep=lambda state: log.info(
+                "%s lost a conflict with a concurrent transaction; retrying",
+                method.__qualname__,
+                extra={
+                    "action": "transaction_retry",
+                    "attempt": state.attempt_number,
+                    "error": type(state.outcome.exception()).__name__,
+                },
+            ),
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await method(*args, **kwargs)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    return wrapper
