@@ -1,0 +1,137 @@
+"""`AdminClient`: the catalog, the fleet and the cluster's state, over the v1 API.
+
+Every method returns the decoded JSON answer of API.md and raises the client's errors
+(`APIError` with the server's `code`, `TransportError` when no server answered).
+
+    async with AdminClient("http://127.0.0.1:8001", token=...) as admin:
+        await admin.put_stream("radio/1", url="http://radio.example/1.mp3")
+        print(await admin.status())
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from streamorch.client.http import Connection
+
+
+class AdminClient:
+    """Operator calls; one instance may be shared by many tasks."""
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] | None = None,
+        *,
+        token: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self._conn = Connection(
+            servers, token=token, client=client, transport=transport, timeout=timeout
+        )
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._conn.aclose()
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        """Any v1 call, for what has no method of its own."""
+        return await self._conn.request(method, path, json=json, params=params)
+
+    # -- streams ----------------------------------------------------------------------
+    async def put_stream(
+        self,
+        key: str,
+        *,
+        url: str,
+        weight: int = 1,
+        labels: Mapping[str, str] | None = None,
+        requires: Mapping[str, str] | None = None,
+        enabled: bool = True,
+    ) -> dict[str, Any]:
+        body = {
+            "url": url,
+            "weight": weight,
+            "labels": dict(labels or {}),
+            "requires": dict(requires or {}),
+            "enabled": enabled,
+        }
+        return await self.request("PUT", f"/v1/streams/{key}", json=body)
+
+    async def get_stream(self, key: str) -> dict[str, Any]:
+        return await self.request("GET", f"/v1/streams/{key}")
+
+    async def delete_stream(self, key: str) -> None:
+        await self.request("DELETE", f"/v1/streams/{key}")
+
+    async def explain(self, key: str) -> dict[str, Any]:
+        return await self.request("GET", f"/v1/streams/{key}/explain")
+
+    async def bulk(
+        self, streams: Iterable[Mapping[str, Any]], *, mode: str = "upsert"
+    ) -> dict[str, int]:
+        """Upsert (or, with `mode="replace"`, replace the catalog with) `streams`."""
+        body = {"streams": [dict(s) for s in streams], "mode": mode}
+        return await self.request("POST", "/v1/streams/bulk", json=body)
+
+    async def list_streams(
+        self,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        state: str | None = None,
+        worker: str | None = None,
+    ) -> dict[str, Any]:
+        """One page: `{"items": [...], "next_cursor": str | None}`."""
+        params = _params(limit=limit, cursor=cursor, state=state, worker=worker)
+        return await self.request("GET", "/v1/streams", params=params)
+
+    async def iter_streams(
+        self, *, state: str | None = None, worker: str | None = None, page: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every stream, page by page."""
+        cursor: str | None = None
+        while True:
+            body = await self.list_streams(limit=page, cursor=cursor, state=state, worker=worker)
+            for item in body["items"]:
+                yield item
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return
+
+    # -- workers ----------------------------------------------------------------------
+    async def list_workers(self, status: str | None = None) -> list[dict[str, Any]]:
+        body = await self.request("GET", "/v1/workers", params=_params(status=status))
+        return list(body["items"])
+
+    async def drain_worker(self, worker_id: str) -> None:
+        await self.request("POST", f"/v1/workers/{worker_id}/drain")
+
+    async def remove_worker(self, worker_id: str, *, force: bool = False) -> None:
+        params = {"force": "true" if force else "false"}
+        await self.request("DELETE", f"/v1/workers/{worker_id}", params=params)
+
+    # -- cluster ----------------------------------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        return await self.request("GET", "/v1/status")
+
+    async def events(
+        self, *, since: int = 0, limit: int = 100, stream: str | None = None
+    ) -> dict[str, Any]:
+        params = _params(since=since, limit=limit, stream=stream)
+        return await self.request("GET", "/v1/events", params=params)
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}

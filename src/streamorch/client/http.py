@@ -1,0 +1,123 @@
+"""HTTP to one or several orchestrator servers, with failover and the client's errors.
+
+`Connection` holds one `httpx.AsyncClient` per base URL and sends each request to the
+current one; on a transport error or a 5xx it moves on to the next URL and tries again,
+once per URL, before raising. Tests replace the network with `transport=` (for example
+`httpx.MockTransport` or `httpx.ASGITransport`) or hand in a ready `client=`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from streamorch.client import errors
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVER = "http://127.0.0.1:8001"
+
+
+def split_servers(servers: str | Sequence[str] | None) -> list[str]:
+    """`"http://a,http://b"` or a list of URLs → the list; the default when empty."""
+    if servers is None:
+        return [DEFAULT_SERVER]
+    items = servers.split(",") if isinstance(servers, str) else list(servers)
+    urls = [u.strip().rstrip("/") for u in items if u and u.strip()]
+    return urls or [DEFAULT_SERVER]
+
+
+class Connection:
+    """Requests to the first server that answers; see the module docstring."""
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] | None = None,
+        *,
+        token: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout = timeout
+        self._owned: list[httpx.AsyncClient] = []
+        if client is not None:
+            if token:
+                client.headers.update(headers)
+            self._clients = [client]
+        else:
+            self._clients = [
+                httpx.AsyncClient(
+                    base_url=url, headers=headers, timeout=timeout, transport=transport
+                )
+                for url in split_servers(servers)
+            ]
+            self._owned = list(self._clients)
+        self._current = 0
+        self.failovers = 0
+
+    @property
+    def base_url(self) -> str:
+        return str(self._clients[self._current].base_url)
+
+    async def aclose(self) -> None:
+        for client in self._owned:
+            await client.aclose()
+        self._owned.clear()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """The decoded JSON answer (None when empty); `ClientError` otherwise."""
+        last: errors.ClientError | None = None
+        for _ in range(len(self._clients)):
+            index = self._current
+            client = self._clients[index]
+            try:
+                response = await client.request(
+                    method, path, json=json, params=params, timeout=timeout or self.timeout
+                )
+            except httpx.TransportError as exc:
+                last = errors.TransportError(f"{method} {client.base_url}{path}: {exc!r}")
+                last.__cause__ = exc
+                self._next(index)
+                continue
+            if response.status_code < 400:
+                return response.json() if response.content else None
+            error = _api_error(response)
+            if not error.retryable:
+                raise error
+            last = error
+            self._next(index)
+        assert last is not None
+        raise last
+
+    def _next(self, index: int) -> None:
+        if len(self._clients) > 1 and index == self._current:
+            self._current = (index + 1) % len(self._clients)
+            self.failovers += 1
+            log.info("switching server", extra={"action": "failover", "server": self.base_url})
+
+
+def _api_error(response: httpx.Response) -> errors.APIError:
+    code, message, details = f"http_{response.status_code}", response.text[:500], {}
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        code = str(error.get("code", code))
+        message = str(error.get("message", message))
+        details = error.get("details") or {}
+    return errors.APIError(response.status_code, code, message, details)

@@ -1,0 +1,69 @@
+"""What the orchestrator tells a worker, as typed values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A stream the worker should run, with the fencing token of its grant.
+
+    Pass `token` to downstream systems so that writes from an older owner can be
+    rejected; it grows with every grant of the stream.
+    """
+
+    stream: str
+    url: str
+    weight: int = 1
+    token: int = 0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Assignment:
+        return cls(str(data["stream"]), str(data["url"]), int(data["weight"]), int(data["token"]))
+
+
+@dataclass(frozen=True)
+class Desired:
+    """One heartbeat or long-poll answer: the full set to run now, at `version`."""
+
+    version: int
+    incarnation: int | None
+    assignments: dict[str, Assignment]
+    status: str = "active"
+    heartbeat_interval_s: float | None = None
+    lease_ttl_s: float | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Desired:
+        items = [Assignment.from_json(a) for a in data.get("assignments", [])]
+        return cls(
+            version=int(data["version"]),
+            incarnation=data.get("incarnation"),
+            assignments={a.stream: a for a in items},
+            status=str(data.get("status", "active")),
+            heartbeat_interval_s=data.get("heartbeat_interval_s"),
+            lease_ttl_s=data.get("lease_ttl_s"),
+        )
+
+
+@dataclass(frozen=True)
+class Registration:
+    worker_id: str
+    name: str
+    incarnation: int
+    heartbeat_interval_s: float
+    lease_ttl_s: float
+    kept_streams: int = 0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Registration:
+        return cls(
+            worker_id=str(data["worker_id"]),
+            name=str(data["name"]),
+            incarnation=int(data["incarnation"]),
+            heartbeat_interval_s=float(data["heartbeat_interval_s"]),
+            lease_ttl_s=float(data["lease_ttl_s"]),
+            kept_streams=int(data.get("kept_streams") or 0),
+        )
