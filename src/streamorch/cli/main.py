@@ -14,6 +14,7 @@ import typer
 
 from streamorch.cli import doctor as doctor_cli
 from streamorch.cli import services as services_cli
+from streamorch.cli import worker as worker_cli
 
 if TYPE_CHECKING:
     from streamorch.config import Settings
@@ -33,6 +34,7 @@ app.add_typer(wait_app, name="wait")
 config_app = typer.Typer(help="Check or show the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.command("doctor")(doctor_cli.doctor)
+app.command("worker")(worker_cli.worker)
 
 
 def load(*, log: bool = True) -> Settings:

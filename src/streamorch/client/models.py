@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -34,10 +35,12 @@ class Desired:
     status: str = "active"
     heartbeat_interval_s: float | None = None
     lease_ttl_s: float | None = None
+    lease_expires_at: datetime | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Desired:
         items = [Assignment.from_json(a) for a in data.get("assignments", [])]
+        expires = data.get("lease_expires_at")
         return cls(
             version=int(data["version"]),
             incarnation=data.get("incarnation"),
@@ -45,6 +48,7 @@ class Desired:
             status=str(data.get("status", "active")),
             heartbeat_interval_s=data.get("heartbeat_interval_s"),
             lease_ttl_s=data.get("lease_ttl_s"),
+            lease_expires_at=datetime.fromisoformat(expires) if expires else None,
         )
 
 

@@ -33,6 +33,7 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -102,6 +103,8 @@ class AsyncWorker:
         self.version = -1  # the version the running set reflects (applied)
         self.draining = False
         self.fenced = False
+        # The server's lease deadline from the last renewal (its clock), for observers.
+        self.lease_expires_at: datetime | None = None
         # Counters, also sent as heartbeat metrics.
         self.registrations = 0
         self.fences = 0
@@ -392,7 +395,9 @@ class AsyncWorker:
         if self.fenced and time.monotonic() < sent + self.lease_ttl - self.fence_margin:
             log.info("lease renewed again", extra={"action": "unfenced", "worker": self.name})
             self.fenced = False
-        self._offer(Desired.from_json(data), epoch)
+        desired = Desired.from_json(data)
+        self.lease_expires_at = desired.lease_expires_at
+        self._offer(desired, epoch)
 
     async def _heartbeat_loop(self) -> None:
         failures = 0
