@@ -44,12 +44,12 @@ from typing import Any
 
 import httpx
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import BenchError, Stack, machine, percentile
 
+from streamorch.store.heartbeats import Beat, batch_params
 from streamorch.store.queries import sql
 
 GOAL_RATE = 2000.0
@@ -306,7 +306,7 @@ async def db_only(
     conninfo: str, fleet: list[dict[str, Any]], pool_size: int, seconds: float
 ) -> dict[str, Any]:
     """The heartbeat statement alone, `pool_size` at a time, straight to PostgreSQL."""
-    query = sql("heartbeat")
+    query = sql("heartbeats")
     latencies: list[float] = []
     async with AsyncConnectionPool(
         conninfo, min_size=pool_size, max_size=pool_size, kwargs={"autocommit": True}
@@ -336,21 +336,14 @@ async def db_only(
 
 
 def _params(w: dict[str, Any]) -> dict[str, Any]:
-    extra = {"acked_version": None} if "%(acked_version)s" in sql("heartbeat") else {}
-    return {
-        **extra,
-        "id": w["id"],
-        "incarnation": w["incarnation"],
-        "running": w["running"],
-        "draining": False,
-        "metrics": Jsonb({}),
-        "ttl": 30.0,
-    }
+    return batch_params([Beat(w["id"], w["incarnation"], w["running"], False, {}, None, 30.0)])
 
 
 def explain(conninfo: str, w: dict[str, Any]) -> dict[str, Any]:
     with psycopg.connect(conninfo) as conn:  # a transaction, rolled back at the end
-        rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql("heartbeat"), _params(w)).fetchall()
+        rows = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS) " + sql("heartbeats"), _params(w)
+        ).fetchall()
         conn.rollback()
     lines = [r[0] for r in rows]
     planning = next((x for x in lines if x.startswith("Planning Time")), "")

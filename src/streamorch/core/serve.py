@@ -12,6 +12,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from streamorch.config import Settings
@@ -30,13 +31,23 @@ def _request_stop(signum: int, frame: FrameType | None) -> None:
     raise StopRequested(signal.Signals(signum).name)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (a dependency on Linux): cheaper I/O per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def serve(settings: Settings, *, keep_services: bool = False) -> int:
     """Run the orchestrator until stopped; returns the exit code."""
     began = time.monotonic()
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     services = EmbeddedServices(settings)
     try:
-        asyncio.run(_serve(settings, services, began))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve(settings, services, began))
     except StopRequested as stop:
         log.info("stop requested (%s); shutting down", stop, extra={"action": "stop_requested"})
         return int(ExitCode.OK)

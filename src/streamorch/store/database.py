@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,6 +32,28 @@ from streamorch.services.waits import ProbeResult, probe_postgres
 from streamorch.store import migrations
 
 log = logging.getLogger(__name__)
+
+
+# A connection returned to the pool less than this long ago is handed out again
+# without a test round trip: under load (heartbeats) that check would be a third of a
+# heartbeat's database cost, and a connection that just worked is almost surely
+# alive. One idle for longer, which a restart or an idle timeout may have cut, is
+# tested first.
+CHECK_AFTER_IDLE_S = 1.0
+_returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection, float] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _note_returned(conn: psycopg.AsyncConnection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+async def _check_if_idle(conn: psycopg.AsyncConnection) -> None:
+    returned = _returned_at.get(conn)
+    if returned is not None and time.monotonic() - returned < CHECK_AFTER_IDLE_S:
+        return
+    await AsyncConnectionPool.check_connection(conn)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -89,7 +112,8 @@ class DatabaseManager:
             name="streamorch",
             # A connection the server dropped (restart, failover, idle kill) is
             # replaced at checkout instead of failing the request that got it.
-            check=AsyncConnectionPool.check_connection,
+            check=_check_if_idle,
+            reset=_note_returned,
         )
         try:
             await pool.open(wait=True, timeout=self.settings.db_timeout)
@@ -116,6 +140,13 @@ class DatabaseManager:
             )
         latency = round((time.perf_counter() - started) * 1000, 2)
         return ProbeResult("postgresql", True, latency_ms=latency, version=row[0] if row else None)
+
+    def pool_stats(self) -> dict[str, int]:
+        """Connections in the pool now: size, idle (available) and requests waiting."""
+        if self._pool is None:
+            return {}
+        stats = self._pool.get_stats()
+        return {k: stats.get(k, 0) for k in ("pool_size", "pool_available", "requests_waiting")}
 
     async def ensure_schema(self) -> list[migrations.Migration]:
         """Apply pending migrations (safe to run from several replicas at once)."""

@@ -30,6 +30,7 @@ from streamorch.domain.models import (
     WorkerView,
 )
 from streamorch.store.database import DatabaseManager
+from streamorch.store.heartbeats import Beat, HeartbeatBatcher
 from streamorch.store.queries import sql
 from streamorch.store.retry import retry_conflicts
 
@@ -64,7 +65,11 @@ class HeartbeatResult:
     status: str
     running_changed: bool
     became_draining: bool
-    assignments: list[dict[str, Any]]
+    assignments_json: str  # the JSON array of granted assignments, as PostgreSQL built it
+
+    @property
+    def assignments(self) -> list[dict[str, Any]]:
+        return json.loads(self.assignments_json)
 
 
 @dataclass
@@ -83,6 +88,7 @@ class PassResult:
 class EngineStore:
     def __init__(self, db: DatabaseManager) -> None:
         self.db = db
+        self.heartbeats = HeartbeatBatcher(db)
 
     # -- helpers ---------------------------------------------------------------
     async def _events(self, conn: psycopg.AsyncConnection, events: Sequence[Event]) -> None:
@@ -271,7 +277,6 @@ class EngineStore:
             touched = await self._touch(conn, [old["id"]])
         return {**row, "kept": kept}, touched
 
-    @retry_conflicts
     async def heartbeat(
         self,
         worker_id: uuid.UUID,
@@ -283,21 +288,9 @@ class EngineStore:
         ttl: float,
         acked_version: int | None = None,
     ) -> HeartbeatResult:
-        async with self.db.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                sql("heartbeat"),
-                {
-                    "id": worker_id,
-                    "incarnation": incarnation,
-                    "running": running,
-                    "draining": draining,
-                    "metrics": Jsonb(metrics),
-                    "ttl": ttl,
-                    "acked_version": acked_version,
-                },
-            )
-            row = await cur.fetchone()
+        row = await self.heartbeats.submit(
+            Beat(worker_id, incarnation, running, draining, metrics, acked_version, ttl)
+        )
         if row is None:
             raise NotFound("worker", str(worker_id))
         if row["version"] is None:
@@ -318,7 +311,7 @@ class EngineStore:
             status=row["status"],
             running_changed=bool(row["running_changed"]),
             became_draining=row["previous_status"] != "draining" and row["status"] == "draining",
-            assignments=row["assignments"],
+            assignments_json=row["assignments"],
         )
 
     async def desired(self, worker_id: uuid.UUID) -> dict[str, Any]:

@@ -97,37 +97,51 @@ DELETE FROM assignments WHERE worker_id = %(id)s RETURNING stream_key;
 -- name: untarget
 UPDATE assignments SET target_id = NULL WHERE target_id = ANY (%(ids)s::uuid[]);
 
--- name: heartbeat
-WITH prev AS (
-    SELECT id, incarnation, status, lease_expires_at > now() AS lease_valid, running
-      FROM workers WHERE id = %(id)s FOR UPDATE
+-- name: heartbeats
+-- Many workers' heartbeats in one statement (store/heartbeats.py batches them): one
+-- round trip and one commit for the lot. `running` arrives comma-joined (stream keys
+-- cannot contain a comma). No worker appears twice in a batch.
+WITH input AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(incarnations)s::bigint[], %(runnings)s::text[],
+                         %(acked_versions)s::bigint[], %(metrics)s::jsonb[],
+                         %(draining)s::boolean[], %(ttls)s::float8[])
+           AS t(id, incarnation, running, acked_version, metrics, draining, ttl)
+), prev AS (
+    -- Rows locked in one order, so concurrent batches cannot deadlock each other.
+    SELECT w.id, w.incarnation, w.status, w.lease_expires_at > now() AS lease_valid, w.running
+      FROM workers w JOIN input i ON i.id = w.id
+     ORDER BY w.id
+       FOR UPDATE OF w
 ), upd AS (
     UPDATE workers w
        SET last_heartbeat = now(),
-           lease_expires_at = now() + make_interval(secs => %(ttl)s),
-           running = %(running)s::text[],
-           acked_version = %(acked_version)s,
-           metrics = %(metrics)s,
-           status = CASE WHEN %(draining)s THEN 'draining' ELSE w.status END
-      FROM prev
-     WHERE w.id = prev.id AND prev.incarnation = %(incarnation)s
+           lease_expires_at = now() + make_interval(secs => i.ttl),
+           running = string_to_array(i.running, ','),
+           acked_version = i.acked_version,
+           metrics = i.metrics,
+           status = CASE WHEN i.draining THEN 'draining' ELSE w.status END
+      FROM prev JOIN input i ON i.id = prev.id
+     WHERE w.id = prev.id AND prev.incarnation = i.incarnation
        AND prev.status IN ('active', 'draining') AND prev.lease_valid
-    RETURNING w.id, w.version, w.lease_expires_at, w.status
+    RETURNING w.id, w.lease_expires_at, w.status
 )
-SELECT prev.incarnation, prev.status AS previous_status, prev.lease_valid,
-       prev.running IS DISTINCT FROM %(running)s::text[] AS running_changed,
+SELECT prev.id, prev.incarnation, prev.status AS previous_status, prev.lease_valid,
+       prev.running IS DISTINCT FROM string_to_array(i.running, ',') AS running_changed,
        -- The version in this statement's snapshot, which the assignments below are read
-       -- from. Not upd.version: when this statement waited for the row lock of a reconcile
-       -- pass, upd sees the row that pass committed, and would pair its newer version with
-       -- the older set (a worker long-polling on that version would then miss the change).
+       -- from. Not the updated row's: when this statement waited for the row lock of a
+       -- reconcile pass, the update sees the row that pass committed, and would pair its
+       -- newer version with the older set (a worker long-polling on that version would
+       -- then miss the change).
        (SELECT v.version FROM workers v WHERE v.id = upd.id) AS version,
        upd.lease_expires_at, upd.status,
+       -- As text: the server passes it on without parsing it.
        coalesce((SELECT json_agg(json_build_object('stream', a.stream_key, 'url', s.url,
                                                    'weight', s.weight, 'token', a.token)
                                  ORDER BY a.stream_key)
                    FROM assignments a JOIN streams s ON s.key = a.stream_key
-                  WHERE a.worker_id = upd.id AND a.state = 'granted'), '[]'::json) AS assignments
-  FROM prev LEFT JOIN upd ON true;
+                  WHERE a.worker_id = upd.id AND a.state = 'granted'), '[]'::json)::text
+       AS assignments
+  FROM prev JOIN input i ON i.id = prev.id LEFT JOIN upd ON upd.id = prev.id;
 
 -- name: desired
 SELECT w.version, w.lease_expires_at, w.status, w.incarnation,
