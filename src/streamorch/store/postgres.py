@@ -8,9 +8,11 @@ so the caller can also fan the news out through Redis.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -421,11 +423,13 @@ class EngineStore:
         cur = await conn.execute(sql("placement_rows"))
         streams: dict[str, StreamView] = {}
         assignments: dict[str, Holding] = {}
-        for key, weight, requires, enabled, worker, state, target in await cur.fetchall():
-            if weight is not None:
-                streams[key] = StreamView(key, weight, requires or EMPTY, enabled)
-            if worker is not None:
-                assignments[key] = Holding(key, worker, state, target)
+        new = tuple.__new__  # what the named tuples' __new__ calls, minus a Python frame
+        with paused_gc():
+            for key, weight, requires, enabled, worker, state, target in await cur.fetchall():
+                if weight is not None:
+                    streams[key] = new(StreamView, (key, weight, requires or EMPTY, enabled))
+                if worker is not None:
+                    assignments[key] = new(Holding, (key, worker, state, target))
         return Snapshot(workers, streams, assignments)
 
     # -- reconcile -------------------------------------------------------------
@@ -486,7 +490,8 @@ class EngineStore:
             if expired or finished or generation != seen_generation:
                 snapshot = await self.snapshot(conn)
                 snapshot.preferred = preferred
-                plan = placement.plan(snapshot, policy)
+                with paused_gc():
+                    plan = placement.plan(snapshot, policy)
                 result.planned = True
                 result.plan = plan
                 touched |= await self._apply(conn, plan, events)
@@ -530,6 +535,24 @@ class EngineStore:
                 events.append(Event("assigned", key, worker, reasons[key], {"token": token}))
                 touched.add(worker)
         return touched
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a snapshot is built or planned.
+
+    Both allocate hundreds of thousands of objects that all stay alive, which makes
+    the collector run again and again for nothing: about a third of a snapshot's
+    time at 100,000 streams. Whatever cyclic garbage appears meanwhile is collected
+    once the collector is back on.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
