@@ -94,10 +94,10 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
         lifespan=lifespan,
     )
     from streamorch.api import errors, limits
-    from streamorch.api.routes import cluster, health, streams, workers
+    from streamorch.api.routes import cluster, compat, health, streams, workers
 
     errors.install(app)
     app.add_middleware(limits.BodySizeLimit)
-    for module in (health, streams, workers, cluster):
+    for module in (health, streams, workers, cluster, compat):
         app.include_router(module.router)
     return app

@@ -75,3 +75,10 @@ CREATE TABLE events (
 );
 
 CREATE INDEX events_stream ON events (stream_key, id) WHERE stream_key IS NOT NULL;
+
+CREATE TABLE compat_handouts (
+    worker_id  uuid NOT NULL REFERENCES workers (id),
+    stream_key text NOT NULL,
+    handed_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (worker_id, stream_key)
+);
