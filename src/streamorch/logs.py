@@ -4,10 +4,15 @@ Two formats: `structured` (one JSON object per line, for machines) and `console`
 (for people). Both start with an RFC 3339 UTC timestamp. Context travels in
 `extra={...}`: `action` (a stable name), `phase`, `duration_ms`, `fix`, `worker`,
 `stream`, `request_id` … and is rendered as JSON fields or `key=value` pairs.
+
+The request id of the HTTP request being served lives in a context variable
+(set by `api/middleware.py`); a filter on the handler copies it into every
+record logged while that request runs, whichever logger logged it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -17,6 +22,20 @@ from typing import Any, TextIO
 # Attributes every LogRecord has; anything else came in through `extra`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 _STANDARD |= {"color_message"}  # uvicorn's coloured duplicate of the message
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "streamorch_request_id", default=None
+)
+
+
+class RequestContext(logging.Filter):
+    """Stamp the current request id on every record logged while a request runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = request_id.get()
+        if current is not None and not hasattr(record, "request_id"):
+            record.request_id = current
+        return True
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -62,6 +81,7 @@ def configure_logging(
 ) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "structured" else ConsoleFormatter())
+    handler.addFilter(RequestContext())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

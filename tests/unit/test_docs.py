@@ -31,7 +31,7 @@ def test_every_problem_code_is_in_the_troubleshooting_guide():
     for path in source.rglob("*.py"):
         codes |= set(
             re.findall(
-                r'"((?:config|postgres|redis|embedded|api|startup|doctor)\.[a-z_]+)"',
+                r'"((?:config|postgres|redis|embedded|api|startup|doctor|reconciler|module)\.[a-z_]+)"',
                 path.read_text(),
             )
         )

@@ -47,3 +47,35 @@ def test_console_lines_show_fix_and_stack(restore_logging):
     assert re.match(r"\d{4}-\d\d-\d\dT\S+Z ERROR   x: failed  \[phase=migrate\]", text)
     assert "→ try: run it" in text
     assert "ValueError: boom" in text
+
+
+def test_records_logged_during_a_request_carry_its_id(restore_logging):
+    from streamorch import logs
+
+    out = io.StringIO()
+    configure_logging("INFO", "structured", stream=out)
+    log = logging.getLogger("streamorch.test")
+    token = logs.request_id.set("req-1")
+    try:
+        log.info("inside", extra={"action": "a"})
+        log.info("explicit", extra={"action": "b", "request_id": "given"})
+    finally:
+        logs.request_id.reset(token)
+    log.info("outside", extra={"action": "c"})
+    inside, explicit, outside = (json.loads(line) for line in out.getvalue().splitlines())
+    assert inside["request_id"] == "req-1"
+    assert explicit["request_id"] == "given"  # what the caller said wins
+    assert "request_id" not in outside
+
+
+def test_console_lines_show_the_request_id(restore_logging):
+    from streamorch import logs
+
+    out = io.StringIO()
+    configure_logging("INFO", "console", stream=out)
+    token = logs.request_id.set("req-2")
+    try:
+        logging.getLogger("x").warning("slow")
+    finally:
+        logs.request_id.reset(token)
+    assert "request_id=req-2" in out.getvalue()

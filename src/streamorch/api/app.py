@@ -14,7 +14,9 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from streamorch import __version__
+from streamorch.api.metrics import Metrics
 from streamorch.config import Settings
+from streamorch.core.health import ServiceMonitor, start_monitors, stop_monitors
 from streamorch.core.modules import ModuleStatus, load_optional
 from streamorch.core.service import Orchestrator
 from streamorch.core.startup import StartupReport
@@ -41,9 +43,13 @@ class Runtime:
     ready: bool = False
     orchestrator: Orchestrator | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics | None = None
+    monitors: dict[str, ServiceMonitor] = field(default_factory=dict)
 
 
 def create_app(settings: Settings, startup: StartupReport | None = None) -> FastAPI:
+    metrics = Metrics()  # one registry per app: apps (and tests) never share series
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         modules, module_status = load_optional()
@@ -71,16 +77,20 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
             startup or StartupReport(),
             modules,
             module_status,
+            metrics=metrics,
         )
         app.state.runtime = runtime
         try:
             await db.connect_with_retry()
             runtime.orchestrator = Orchestrator(settings, db, redis_client)
+            runtime.orchestrator.reconciler.observers.append(metrics.observe_pass)
             await runtime.orchestrator.start()
+            runtime.monitors = start_monitors(db, redis_client, redis_target)
             runtime.ready = True
             yield
         finally:
             runtime.ready = False
+            await stop_monitors(runtime.monitors)
             if runtime.orchestrator is not None:
                 await runtime.orchestrator.stop()
             if redis_client is not None:
@@ -93,11 +103,12 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
         summary="Keeps every enabled stream running on exactly one healthy worker.",
         lifespan=lifespan,
     )
-    from streamorch.api import errors, limits
+    from streamorch.api import errors, limits, middleware
     from streamorch.api.routes import cluster, compat, health, streams, workers
 
     errors.install(app)
     app.add_middleware(limits.BodySizeLimit)
+    app.add_middleware(middleware.RequestContext, metrics=metrics)
     for module in (health, streams, workers, cluster, compat):
         app.include_router(module.router)
     return app

@@ -1,105 +1,491 @@
 """Health and readiness: what each component is doing, measured now.
 
-Every check is bounded in time, so the probes themselves never hang.
+Every check is bounded in time, so the probes themselves never hang. Two kinds:
+
+* deep checks for `/health` — PostgreSQL answers, a write and its read in a
+  rolled-back transaction, the schema version, the last reconcile pass anywhere in
+  the cluster; Redis PING, INFO and a SET/GET with a TTL. They run concurrently.
+* monitors — one background loop per service probing it every
+  `MONITOR_INTERVAL_S`. `/ready` reads their state instead of reconnecting to a
+  dead server on every probe, they log each loss and recovery once, and keep the
+  response-time history shown by `/health/detailed`.
+
+Each failure is a `Problem` (code, message, fix) listed in docs/troubleshooting.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import time
-from dataclasses import asdict
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
 from typing import Any
 
+import psycopg
 import redis.asyncio as aioredis
 
 from streamorch import __version__
 from streamorch.core.modules import ModuleStatus
+from streamorch.domain.errors import StoreError
+from streamorch.domain.problems import Problem
 from streamorch.services import diagnose
 from streamorch.services.endpoints import RedisTarget
 from streamorch.store import migrations
 from streamorch.store.database import DatabaseManager
 
-CHECK_TIMEOUT_S = 2.0
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT_S = 2.0  # each deep check of /health
+READY_TIMEOUT_S = 1.0  # the live PostgreSQL query of /ready
+MONITOR_INTERVAL_S = 0.5
+MONITOR_TIMEOUT_S = 1.0
+HISTORY_SIZE = 120  # probes kept per service: one minute at the monitor's pace
+STALE_PASSES = 5  # the reconciler is stale after this many intervals without a pass
+REDIS_PROBE_KEY = "streamorch:health:probe"
+
+Check = dict[str, Any]
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def check_postgres(db: DatabaseManager) -> dict[str, Any]:
-    if not db.is_open:
-        return {
-            "status": "error",
-            "latency_ms": None,
-            "details": {},
-            "error": "database pool not open",
-            "suggestion": "wait for start-up to finish",
-        }
-    probe = await db.verify_connection(timeout=CHECK_TIMEOUT_S)
-    if not probe.ok:
-        assert probe.problem is not None
-        return {
-            "status": "error",
-            "latency_ms": None,
-            "details": {"code": probe.problem.code},
-            "error": probe.problem.message,
-            "suggestion": probe.problem.fix,
-        }
-    details: dict[str, Any] = {"server_version": probe.version}
-    try:
-        async with asyncio.timeout(CHECK_TIMEOUT_S):
-            version = await db.schema_version()
-        details.update(schema_version=version, schema_expected=migrations.expected_version())
-    except Exception as exc:  # a failing detail must not fail the whole check
-        details["schema_error"] = str(exc)
+def iso(value: datetime | float | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float):
+        value = datetime.fromtimestamp(value, UTC)
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@cache
+def query(name: str) -> str:
+    text = (resources.files("streamorch.store") / "sql" / "health.sql").read_text()
+    parts = _HEADER.split(text)
+    return dict(zip(parts[1::2], (b.strip() for b in parts[2::2]), strict=True))[name]
+
+
+def ok(latency_ms: float | None, details: dict[str, Any]) -> Check:
     return {
         "status": "ready",
-        "latency_ms": probe.latency_ms,
+        "latency_ms": latency_ms,
         "details": details,
         "error": None,
         "suggestion": None,
     }
 
 
+def failed(problem: Problem, details: dict[str, Any] | None = None) -> Check:
+    return {
+        "status": "error",
+        "latency_ms": None,
+        "details": {**(details or {}), "code": problem.code},
+        "error": problem.message,
+        "suggestion": problem.fix,
+    }
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+# -- PostgreSQL ------------------------------------------------------------------------
+
+
+def schema_problem(version: int, expected: int) -> Problem | None:
+    if version < expected:
+        return Problem(
+            "postgres.schema_outdated",
+            f"schema is at version {version}, this orchestrator needs {expected}",
+            "run `streamorch migrate`",
+        )
+    if version > expected:
+        return Problem(
+            "postgres.schema_too_new",
+            f"schema is at version {version}, newer than this orchestrator knows ({expected})",
+            "run the release that migrated it, or a newer one",
+        )
+    return None
+
+
+def read_only_problem(db: DatabaseManager) -> Problem:
+    target = db.target
+    return Problem(
+        "postgres.read_only",
+        f"PostgreSQL on {target.host}:{target.port} accepts no writes "
+        "(a standby, or default_transaction_read_only is on)",
+        "point DATABASE_URL/DB_HOST at the primary; after a failover, at the new primary",
+    )
+
+
+def _pg_problem(db: DatabaseManager, exc: BaseException) -> Problem:
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+        return read_only_problem(db)
+    return diagnose.postgres_problem(exc, db.target)
+
+
+_PG_ERRORS = (psycopg.Error, StoreError, OSError, TimeoutError)
+
+
+async def check_postgres(db: DatabaseManager) -> Check:
+    """The deep check: version, schema, last cluster pass, and a rolled-back write + read."""
+    if not db.is_open:
+        return failed(not_started("the PostgreSQL pool is not open yet"))
+    details: dict[str, Any] = {"schema_expected": migrations.expected_version()}
+    started = time.perf_counter()
+    try:
+        async with (
+            asyncio.timeout(CHECK_TIMEOUT_S),
+            db.pool.connection(timeout=CHECK_TIMEOUT_S) as conn,
+        ):
+            cur = await conn.execute("SELECT current_setting('server_version')")
+            details["server_version"] = (await cur.fetchone())[0]
+            latency = _ms(started)
+            cur = await conn.execute(query("schema_version"))
+            details["schema_version"] = int((await cur.fetchone())[0])
+            if details["schema_version"]:
+                cur = await conn.execute(query("cluster_pass"))
+                row = await cur.fetchone()
+                if row is not None:
+                    details["last_pass_at"] = iso(row[0])
+                    details["last_pass_age_s"] = None if row[1] is None else round(row[1], 3)
+            ops = time.perf_counter()
+            async with conn.transaction(force_rollback=True):
+                cur = await conn.execute(query("probe_write"))
+                probe_id = (await cur.fetchone())[0]
+                cur = await conn.execute(query("probe_read"), {"id": probe_id})
+                read = await cur.fetchone()
+            if read is None or read[0] != "health_probe":
+                raise StoreError("the operations test did not read back what it wrote")
+            details["operations"] = {"write_read": "ok", "latency_ms": _ms(ops)}
+    except _PG_ERRORS as exc:
+        return failed(_pg_problem(db, exc), details)
+    problem = schema_problem(details["schema_version"], details["schema_expected"])
+    if problem is not None:
+        return failed(problem, details)
+    return ok(latency, details)
+
+
+async def ping_postgres(db: DatabaseManager, timeout: float = MONITOR_TIMEOUT_S) -> Check:
+    """The cheap check of the monitor: one query through the pool."""
+    if not db.is_open:
+        return failed(not_started("the PostgreSQL pool is not open yet"))
+    probe = await db.verify_connection(timeout=timeout)
+    if not probe.ok:
+        assert probe.problem is not None
+        return failed(probe.problem)
+    return ok(probe.latency_ms, {"server_version": probe.version})
+
+
+async def ready_postgres(db: DatabaseManager) -> Check:
+    """Readiness: PostgreSQL answers now and the schema is at the expected version."""
+    if not db.is_open:
+        return failed(not_started("the PostgreSQL pool is not open yet"))
+    expected = migrations.expected_version()
+    started = time.perf_counter()
+    try:
+        async with (
+            asyncio.timeout(READY_TIMEOUT_S),
+            db.pool.connection(timeout=READY_TIMEOUT_S) as conn,
+        ):
+            cur = await conn.execute(query("schema_version"))
+            version = int((await cur.fetchone())[0])
+    except _PG_ERRORS as exc:
+        return failed(_pg_problem(db, exc))
+    details = {"schema_version": version, "schema_expected": expected}
+    problem = schema_problem(version, expected)
+    return failed(problem, details) if problem else ok(_ms(started), details)
+
+
+# -- Redis -----------------------------------------------------------------------------
+
+
+def redis_not_configured(required: bool) -> Check:
+    return failed(
+        Problem(
+            "redis.not_configured",
+            "Redis is not configured",
+            "set REDIS_URL (or REDIS_HOST), or unset every Redis setting to use the embedded one",
+        ),
+        {"required": required},
+    )
+
+
+_REDIS_ERRORS = (aioredis.RedisError, OSError, TimeoutError)
+
+
 async def check_redis(
     client: aioredis.Redis | None, target: RedisTarget | None, required: bool
-) -> dict[str, Any]:
+) -> Check:
+    """The deep check: PING, server INFO, and a SET with a TTL read back."""
     if client is None or target is None:
-        return {
-            "status": "error",
-            "latency_ms": None,
-            "details": {"required": required},
-            "error": "Redis is not configured",
-            "suggestion": "set REDIS_URL",
-        }
+        return redis_not_configured(required)
+    details: dict[str, Any] = {"required": required}
     started = time.perf_counter()
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
             await client.ping()
-            info = await client.info("server")
-    except (aioredis.RedisError, OSError, TimeoutError) as exc:
-        problem = diagnose.redis_problem(exc, target)
+            latency = _ms(started)
+            info = await client.info()
+            ops = time.perf_counter()
+            value = f"{os.getpid()}:{time.time()}"
+            await client.set(REDIS_PROBE_KEY, value, ex=10)
+            read = await client.get(REDIS_PROBE_KEY)
+    except _REDIS_ERRORS as exc:
+        return failed(diagnose.redis_problem(exc, target), details)
+    if (read.decode() if isinstance(read, bytes) else read) != value:
+        return failed(
+            Problem(
+                "redis.error",
+                "Redis did not return the value just written",
+                "check for a proxy or eviction policy that drops keys; read the Redis log",
+            ),
+            details,
+        )
+    details.update(
+        server_version=info.get("valkey_version") or info.get("redis_version"),
+        uptime_s=info.get("uptime_in_seconds"),
+        connected_clients=info.get("connected_clients"),
+        used_memory_mb=round(info.get("used_memory", 0) / 2**20, 1),
+        operations={"set_get_ttl": "ok", "latency_ms": _ms(ops)},
+    )
+    return ok(latency, details)
+
+
+async def ping_redis(client: aioredis.Redis, target: RedisTarget) -> Check:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(MONITOR_TIMEOUT_S):
+            await client.ping()
+    except _REDIS_ERRORS as exc:
+        return failed(diagnose.redis_problem(exc, target))
+    return ok(_ms(started), {})
+
+
+# -- monitors --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # time.time()
+    ok: bool
+    latency_ms: float | None
+    source: str  # monitor | health | ready
+
+
+class ServiceMonitor:
+    """Probes one service in the background and remembers what it saw.
+
+    A loss and a recovery are each logged once (not once per probe); the last
+    `HISTORY_SIZE` response times are kept for `/health/detailed`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        label: str,
+        probe: Callable[[], Awaitable[Check]],
+        interval: float = MONITOR_INTERVAL_S,
+    ) -> None:
+        self.name = name
+        self.label = label
+        self.probe = probe
+        self.interval = interval
+        self.last: Check | None = None
+        self.checked_at: float | None = None  # time.monotonic()
+        self.down_since: float | None = None  # time.time()
+        self.history: deque[Sample] = deque(maxlen=HISTORY_SIZE)
+        self.losses = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def available(self) -> bool | None:
+        """None until the first probe."""
+        return None if self.last is None else self.last["status"] == "ready"
+
+    def note(self, check: Check, source: str) -> None:
+        """Keep the response time of a check made elsewhere (it says nothing of availability:
+        a deep check can fail on a server that answers)."""
+        self.history.append(
+            Sample(time.time(), check["status"] == "ready", check["latency_ms"], source)
+        )
+
+    def record(self, check: Check, source: str = "monitor") -> None:
+        was = self.available
+        self.last = check
+        self.checked_at = time.monotonic()
+        now = time.time()
+        up = check["status"] == "ready"
+        self.history.append(Sample(now, up, check["latency_ms"], source))
+        if not up and was is not False:
+            self.down_since = now
+            self.losses += 1
+            log.warning(
+                "%s unavailable: %s",
+                self.label,
+                check["error"],
+                extra={
+                    "action": "service_unavailable",
+                    "service": self.name,
+                    "code": check["details"].get("code"),
+                    "fix": check["suggestion"],
+                },
+            )
+        elif up and was is False:
+            downtime = round(now - (self.down_since or now), 1)
+            self.down_since = None
+            log.info(
+                "%s available again after %.1f s",
+                self.label,
+                downtime,
+                extra={"action": "service_recovered", "service": self.name, "downtime_s": downtime},
+            )
+
+    async def check(self) -> Check:
+        try:
+            async with asyncio.timeout(MONITOR_TIMEOUT_S * 2):
+                result = await self.probe()
+        except TimeoutError:
+            result = failed(
+                Problem(
+                    f"{'postgres' if self.name == 'postgresql' else self.name}.timeout",
+                    f"{self.label} did not answer within {MONITOR_TIMEOUT_S * 2:g} s",
+                    "check the network path and the server's load",
+                )
+            )
+        self.record(result)
+        return result
+
+    async def run(self) -> None:
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in a probe must not end the monitor
+                log.exception("health monitor of %s failed", self.label)
+            await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - started)))
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name=f"monitor-{self.name}")
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        # The flag as well as the cancel: a driver may swallow a cancellation that lands
+        # in the middle of a probe, and the loop must end all the same.
+        self._stopping = True
+        task.cancel()
+        await asyncio.wait({task}, timeout=timeout)
+
+    def summary(self) -> dict[str, Any]:
+        latencies = sorted(s.latency_ms for s in self.history if s.latency_ms is not None)
         return {
-            "status": "error",
-            "latency_ms": None,
-            "details": {"required": required, "code": problem.code},
-            "error": problem.message,
-            "suggestion": problem.fix,
+            "available": self.available,
+            "down_since": iso(self.down_since),
+            "losses": self.losses,
+            "samples": len(self.history),
+            "failures": sum(1 for s in self.history if not s.ok),
+            "latency_ms": {
+                "p50": latencies[len(latencies) // 2] if latencies else None,
+                "max": latencies[-1] if latencies else None,
+            },
+            "recent": [
+                {"at": iso(s.at), "ok": s.ok, "latency_ms": s.latency_ms, "source": s.source}
+                for s in list(self.history)[-20:]
+            ],
         }
-    latency = round((time.perf_counter() - started) * 1000, 2)
-    return {
+
+
+def start_monitors(
+    db: DatabaseManager, client: aioredis.Redis | None, target: RedisTarget | None
+) -> dict[str, ServiceMonitor]:
+    monitors = {"postgresql": ServiceMonitor("postgresql", "PostgreSQL", lambda: ping_postgres(db))}
+    if client is not None and target is not None:
+        monitors["redis"] = ServiceMonitor("redis", "Redis", lambda: ping_redis(client, target))
+    for monitor in monitors.values():
+        monitor.start()
+    return monitors
+
+
+async def stop_monitors(monitors: dict[str, ServiceMonitor]) -> None:
+    for monitor in monitors.values():
+        await monitor.stop()
+
+
+# -- the other components --------------------------------------------------------------
+
+
+def not_started(message: str) -> Problem:
+    return Problem(
+        "startup.not_finished",
+        f"start-up has not finished: {message}",
+        "wait for the `ready` log line; if it never comes, the log says which phase failed",
+    )
+
+
+def reconciler(
+    stats: Any, interval: float, cluster: dict[str, Any], uptime_s: float
+) -> dict[str, Any]:
+    """Last successful pass anywhere in the cluster (or here, without PostgreSQL); stale after
+    STALE_PASSES intervals plus the last pass's own duration."""
+    local_age = None if stats.last_pass_at is None else round(time.time() - stats.last_pass_at, 3)
+    age = cluster.get("last_pass_age_s", local_age)
+    last_at = cluster.get("last_pass_at") or iso(stats.last_pass_at)
+    stale_after = round(STALE_PASSES * interval + (stats.last_duration_ms or 0) / 1000, 3)
+    body = {
         "status": "ready",
-        "latency_ms": latency,
-        "details": {
-            "required": required,
-            "server_version": info.get("valkey_version") or info.get("redis_version"),
-            "uptime_s": info.get("uptime_in_seconds"),
-        },
+        "last_pass_at": last_at,
+        "last_pass_age_s": age,
+        "stale_after_s": stale_after,
+        "last_duration_ms": stats.last_duration_ms,
+        "passes_here": stats.passes,
+        "last_pass_here_at": iso(stats.last_pass_at),
+        "last_error": stats.last_error,
+        "unplaced": len(stats.unplaced),
         "error": None,
         "suggestion": None,
     }
+    if age is None and uptime_s < stale_after:
+        body["status"] = "starting"
+    elif age is None or age > stale_after:
+        problem = stale_problem(age, interval, stats.last_error)
+        body.update(status="stale", error=problem.message, suggestion=problem.fix)
+        body["code"] = problem.code
+    return body
+
+
+def stale_problem(age: float | None, interval: float, last_error: str | None) -> Problem:
+    since = "since start-up" if age is None else f"for {age:.1f} s"
+    cause = f" (last error: {last_error})" if last_error else ""
+    return Problem(
+        "reconciler.stale",
+        f"no reconcile pass has run {since}; expected one every {interval:g} s{cause}",
+        "check that PostgreSQL is reachable and look for `reconcile_failed` in the log; "
+        "a pass slower than RECONCILE_INTERVAL needs a longer interval or fewer streams per pool",
+    )
+
+
+def module_problem(name: str, status: ModuleStatus) -> Problem:
+    return Problem(
+        "module.unavailable",
+        f"optional module {name} is not installed: {status.feature} is unavailable",
+        status.install or f"pip install {name}",
+    )
 
 
 def components(registry: dict[str, ModuleStatus]) -> dict[str, dict[str, Any]]:
@@ -108,21 +494,32 @@ def components(registry: dict[str, ModuleStatus]) -> dict[str, dict[str, Any]]:
     }
 
 
-def system_metrics(psutil: Any) -> dict[str, Any] | None:
+def system_metrics(psutil: Any, data_dir: str) -> dict[str, Any] | None:
     if psutil is None:
         return None
+    process = psutil.Process(os.getpid())
+    path = data_dir if os.path.isdir(data_dir) else "/"
+    disk = psutil.disk_usage(path)
+    memory = psutil.virtual_memory()
     return {
         "cpu_percent": psutil.cpu_percent(interval=None),
-        "memory_percent": psutil.virtual_memory().percent,
-        "process_rss_mb": round(psutil.Process(os.getpid()).memory_info().rss / 2**20, 1),
-        "load_average": list(os.getloadavg()),
+        "cpu_count": psutil.cpu_count(),
+        "memory_percent": memory.percent,
+        "memory_available_mb": round(memory.available / 2**20),
+        "disk_path": path,
+        "disk_percent": disk.percent,
+        "disk_free_gb": round(disk.free / 2**30, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "process_rss_mb": round(process.memory_info().rss / 2**20, 1),
+        "process_uptime_s": round(time.time() - process.create_time(), 1),
+        "system_uptime_s": round(time.time() - psutil.boot_time()),
     }
 
 
-def overall(postgres: dict[str, Any], redis: dict[str, Any], required_redis: bool) -> str:
+def overall(postgres: Check, redis: Check, reconciler_status: str, required_redis: bool) -> str:
     if postgres["status"] != "ready" or (required_redis and redis["status"] != "ready"):
         return "unhealthy"
-    if redis["status"] != "ready":
+    if redis["status"] != "ready" or reconciler_status == "stale":
         return "degraded"
     return "healthy"
 

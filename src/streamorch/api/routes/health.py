@@ -1,67 +1,146 @@
-"""Liveness, readiness and component health (shapes in API.md)."""
+"""Liveness, readiness, diagnostics and metrics (shapes in API.md).
+
+`/health` and `/ready` need no token; `/health/detailed` and `/metrics` follow the
+admin rule. Each answer is bounded in time: the checks run concurrently, each
+under its own timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from psycopg.rows import dict_row
 
+from streamorch.api import deps, metrics
 from streamorch.api.app import Runtime
+from streamorch.config import check_consistency
 from streamorch.core import health
 from streamorch.store import migrations
 
 router = APIRouter(tags=["health"])
+
+LISTED = 100  # workers, moves and failovers listed in /health/detailed
 
 
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-@router.get("/health")
-async def get_health(request: Request) -> JSONResponse:
-    rt = _runtime(request)
-    postgres, redis = await asyncio.gather(
+async def _bounded(coro: Any, what: str) -> Any:
+    """The result, or {"error": ...} when it failed or took longer than a check may."""
+    try:
+        async with asyncio.timeout(health.CHECK_TIMEOUT_S):
+            return await coro
+    except Exception as exc:
+        return {"error": f"{what} unavailable: {exc or type(exc).__name__}"}
+
+
+async def _counts(rt: Runtime) -> dict[str, Any]:
+    if rt.orchestrator is None:
+        return {}
+    status = await rt.orchestrator.status()
+    return {k: status[k] for k in ("streams", "workers", "capacity", "load", "load_percent")}
+
+
+async def _report(rt: Runtime) -> dict[str, Any]:
+    postgres, redis, counts = await asyncio.gather(
         health.check_postgres(rt.db),
         health.check_redis(rt.redis, rt.redis_target, rt.settings.redis_required),
+        _bounded(_counts(rt), "counts"),
     )
-    status = health.overall(postgres, redis, rt.settings.redis_required)
+    for name, check in (("postgresql", postgres), ("redis", redis)):
+        monitor = rt.monitors.get(name)
+        if monitor is not None:
+            monitor.note(check, source="health")
+    uptime = time.monotonic() - rt.started_at
+    reconciler = (
+        health.reconciler(
+            rt.orchestrator.reconciler.stats,
+            rt.settings.reconcile_interval,
+            postgres["details"] if postgres["status"] == "ready" else {},
+            uptime,
+        )
+        if rt.orchestrator is not None
+        else {"status": "starting", "error": None, "suggestion": None}
+    )
+    status = health.overall(postgres, redis, reconciler["status"], rt.settings.redis_required)
     errors = [
-        {"service": name, "error": check["error"], "suggestion": check["suggestion"]}
-        for name, check in (("postgresql", postgres), ("redis", redis))
-        if check["status"] != "ready"
+        {
+            "service": name,
+            "code": check.get("code") or check.get("details", {}).get("code"),
+            "error": check["error"],
+            "suggestion": check["suggestion"],
+        }
+        for name, check in (("postgresql", postgres), ("redis", redis), ("reconciler", reconciler))
+        if check.get("error")
     ]
-    body = {
+    for name, module in rt.module_status.items():
+        if module.status != "available":
+            problem = health.module_problem(name, module)
+            errors.append(
+                {
+                    "service": name,
+                    "code": problem.code,
+                    "error": problem.message,
+                    "suggestion": problem.fix,
+                }
+            )
+    details = {**health.base_details(rt.started_at), "startup_complete": rt.ready, **counts}
+    if rt.orchestrator is not None:
+        notifier = rt.orchestrator.notifier
+        details["notifications"] = {
+            "listening": dict(notifier.listening),
+            "received": dict(notifier.received),
+        }
+    return {
         "status": status,
         "timestamp": health.now_iso(),
         "services": {"postgresql": postgres, "redis": redis},
+        "reconciler": reconciler,
         "application_components": health.components(rt.module_status),
-        "system_metrics": health.system_metrics(rt.modules.get("psutil")),
-        "details": health.base_details(rt.started_at),
+        "system_metrics": health.system_metrics(
+            rt.modules.get("psutil"), str(rt.settings.data_dir)
+        ),
+        "details": details,
         "errors": errors,
     }
-    return JSONResponse(body, status_code=503 if status == "unhealthy" else 200)
+
+
+@router.get("/health")
+async def get_health(request: Request) -> JSONResponse:
+    body = await _report(_runtime(request))
+    return JSONResponse(body, status_code=503 if body["status"] == "unhealthy" else 200)
 
 
 @router.get("/ready")
 async def get_ready(request: Request) -> JSONResponse:
     rt = _runtime(request)
-    postgres, redis = await asyncio.gather(
-        health.check_postgres(rt.db),
-        health.check_redis(rt.redis, rt.redis_target, rt.settings.redis_required),
-    )
-    expected = migrations.expected_version()
-    schema_ok = postgres["details"].get("schema_version") == expected
+    pg_monitor = rt.monitors.get("postgresql")
+    if pg_monitor is not None and pg_monitor.available is False:
+        # Known down: answer now from the monitor (it re-probes twice a second)
+        # instead of making every probe wait on a dead server.
+        postgres = pg_monitor.last
+    else:
+        postgres = await health.ready_postgres(rt.db)
+        if pg_monitor is not None and postgres["status"] != "ready":
+            pg_monitor.record(postgres, source="ready")
+    redis = _redis_state(rt)
     orchestrator = {
         "status": "ready" if rt.ready else "starting",
         "startup_complete": rt.ready,
         "schema_version": postgres["details"].get("schema_version"),
-        "schema_expected": expected,
+        "schema_expected": migrations.expected_version(),
     }
+    if not rt.ready:
+        problem = health.not_started("the application is starting or stopping")
+        orchestrator.update(error=problem.message, suggestion=problem.fix, code=problem.code)
     ready = (
         rt.ready
         and postgres["status"] == "ready"
-        and schema_ok
         and (redis["status"] == "ready" or not rt.settings.redis_required)
     )
     body = {
@@ -69,3 +148,160 @@ async def get_ready(request: Request) -> JSONResponse:
         "services": {"postgresql": postgres, "redis": redis, "orchestrator": orchestrator},
     }
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _redis_state(rt: Runtime) -> health.Check:
+    if rt.redis is None:
+        return health.redis_not_configured(rt.settings.redis_required)
+    monitor = rt.monitors.get("redis")
+    if monitor is None or monitor.last is None:
+        return {
+            "status": "unknown",
+            "latency_ms": None,
+            "details": {"required": rt.settings.redis_required},
+            "error": None,
+            "suggestion": None,
+        }
+    age = round(time.monotonic() - (monitor.checked_at or 0), 3)
+    last = monitor.last
+    return {**last, "details": {**last["details"], "checked_s_ago": age}}
+
+
+@router.get("/health/detailed", dependencies=[Depends(deps.require_admin)])
+async def get_health_detailed(request: Request) -> JSONResponse:
+    rt = _runtime(request)
+    body, internals = await asyncio.gather(
+        _report(rt), _bounded(_internals(rt), "orchestrator internals")
+    )
+    settings = rt.settings
+    body["configuration"] = {
+        "values": settings.describe(),
+        "problems": [p.as_dict() for p in check_consistency(settings)],
+        "postgres": "external" if settings.postgres_is_external else "embedded",
+        "redis": "external" if settings.redis_is_external else "embedded",
+        "auth": "on" if settings.admin_token or settings.worker_token else "off",
+    }
+    body["timeouts_s"] = {
+        "health_check": health.CHECK_TIMEOUT_S,
+        "ready_check": health.READY_TIMEOUT_S,
+        "monitor_probe": health.MONITOR_TIMEOUT_S,
+        "monitor_interval": health.MONITOR_INTERVAL_S,
+        "db_timeout": settings.db_timeout,
+        "redis_socket": 2.0,
+        "postgres_startup": settings.postgres_startup_timeout,
+        "redis_startup": settings.redis_startup_timeout,
+        "app_startup": settings.app_startup_timeout,
+        "heartbeat_interval": settings.heartbeat_interval,
+        "lease_ttl": settings.lease_ttl,
+        "reconcile_interval": settings.reconcile_interval,
+    }
+    body["history"] = {name: m.summary() for name, m in rt.monitors.items()}
+    body["orchestrator"] = internals
+    body["warnings"], body["recommendations"] = _advice(rt, body)
+    return JSONResponse(body, status_code=503 if body["status"] == "unhealthy" else 200)
+
+
+async def _internals(rt: Runtime) -> dict[str, Any]:
+    if rt.orchestrator is None:
+        return {}
+    orch = rt.orchestrator
+    status = await orch.status()
+    async with rt.db.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(health.query("workers_overview"), {"limit": LISTED})
+        workers = await cur.fetchall()
+        await cur.execute(health.query("moves_in_flight"), {"limit": LISTED})
+        moves = await cur.fetchall()
+        await cur.execute(health.query("last_failovers"), {"limit": 10})
+        failovers = await cur.fetchall()
+    stats = orch.reconciler.stats
+    return {
+        "status": status,
+        "workers": [
+            {
+                **w,
+                "last_heartbeat": health.iso(w["last_heartbeat"]),
+                "lease_expires_at": health.iso(w["lease_expires_at"]),
+            }
+            for w in workers
+        ],
+        "moves_in_flight": {
+            "count": status["streams"].get("moving", 0),
+            "oldest": [{**m, "revoked_at": health.iso(m["revoked_at"])} for m in moves],
+        },
+        "last_failovers": [{**f, "at": health.iso(f["at"])} for f in failovers],
+        "reconciler": {
+            "passes_here": stats.passes,
+            "planned_passes_here": stats.planned_passes,
+            "grants_here": stats.grants,
+            "revokes_here": stats.revokes,
+            "expired_here": stats.expired,
+            "unplaced": dict(list(stats.unplaced.items())[:20]),
+        },
+        "db_pool": rt.db.pool_stats(),
+    }
+
+
+def _advice(rt: Runtime, body: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Warnings (what is wrong now) and recommendations (what to change), in words."""
+    warnings = [f"{e['service']}: {e['error']}" for e in body["errors"]]
+    advice = [e["suggestion"] for e in body["errors"] if e.get("suggestion")]
+    settings = rt.settings
+    internals = body.get("orchestrator") or {}
+    status = internals.get("status") or {}
+    if "error" in internals:
+        warnings.append(internals["error"])
+    unassigned = (status.get("streams") or {}).get("unassigned", 0)
+    if unassigned:
+        reasons = list((internals.get("reconciler") or {}).get("unplaced", {}).values())[:3]
+        warnings.append(f"{unassigned} enabled stream(s) are unassigned: " + "; ".join(reasons))
+        advice.append(
+            "add workers (or capacity) whose labels match the streams' `requires`; "
+            "`GET /v1/streams/{key}/explain` says why a stream is unplaced"
+        )
+    balance = status.get("balance") or {}
+    if balance.get("max_utilisation", 0) >= 0.9:
+        advice.append(
+            f"the busiest worker is at {balance['max_utilisation']:.0%} of its capacity: "
+            "add workers before a failover has nowhere to go"
+        )
+    pool = rt.db.pool_stats()
+    if pool.get("requests_waiting"):
+        advice.append(
+            f"{pool['requests_waiting']} request(s) wait for a database connection: raise "
+            f"DB_POOL_MAX_SIZE (now {settings.db_pool_max_size}) if PostgreSQL has room"
+        )
+    last_ms = rt.orchestrator.reconciler.stats.last_duration_ms if rt.orchestrator else None
+    if last_ms is not None and last_ms > settings.reconcile_interval * 1000:
+        advice.append(
+            f"the last reconcile pass took {last_ms:.0f} ms, longer than RECONCILE_INTERVAL "
+            f"({settings.reconcile_interval:g} s): raise the interval or split the fleet into pools"
+        )
+    if settings.lease_ttl < 3 * settings.heartbeat_interval:
+        advice.append(
+            f"LEASE_TTL={settings.lease_ttl:g} allows fewer than 3 heartbeats "
+            f"(HEARTBEAT_INTERVAL={settings.heartbeat_interval:g}): one slow heartbeat "
+            "expires a healthy worker; use about 5 ×"
+        )
+    if settings.admin_token is None and settings.orchestrator_host not in (
+        "127.0.0.1",
+        "::1",
+        "localhost",
+    ):
+        warnings.append(f"the API listens on {settings.orchestrator_host} without tokens")
+        advice.append("set STREAMORCH_ADMIN_TOKEN and STREAMORCH_WORKER_TOKEN")
+    listening = (body["details"].get("notifications") or {}).get("listening", {})
+    if listening and not listening.get("postgresql"):
+        warnings.append(
+            "the PostgreSQL notification listener is down: long-polls wake only via Redis "
+            "or at their timeout"
+        )
+    return warnings, list(dict.fromkeys(advice))
+
+
+@router.get("/metrics", dependencies=[Depends(deps.require_admin)])
+async def get_metrics(request: Request) -> Response:
+    rt = _runtime(request)
+    assert rt.metrics is not None
+    await rt.metrics.refresh(rt)
+    return Response(rt.metrics.render(), media_type=metrics.CONTENT_TYPE)

@@ -1,0 +1,197 @@
+"""Prometheus metrics, one registry per application (so apps and tests never collide).
+
+Three sources, each as cheap as it can be:
+
+* requests — counted by the middleware as they finish (`observe_request`);
+* reconcile passes — observed by the reconciler after each pass it ran
+  (`observe_pass`): duration, grants, revokes and moves by reason, lease expirations.
+  Only the replica holding the lock runs a pass, so summing replicas gives the cluster;
+* state — read at scrape time (`refresh`): stream and worker counts, fleet utilisation
+  and balance from one status read, pool figures from psycopg_pool, Redis and
+  PostgreSQL availability from the health monitors. A scrape never fails because a
+  service is down: the figures it could not read keep their last value and
+  `streamorch_postgres_up` says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from streamorch.api.app import Runtime
+    from streamorch.store.postgres import PassResult
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+REFRESH_TIMEOUT_S = 2.0
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "streamorch_http_requests",
+            "HTTP requests answered, by route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "streamorch_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template (long-polls included)",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.heartbeats = Counter(
+            "streamorch_heartbeats",
+            "Worker heartbeats received, by outcome",
+            ["result"],
+            registry=r,
+        )
+        self.pass_seconds = Histogram(
+            "streamorch_reconcile_pass_duration_seconds",
+            "Duration of reconcile passes run by this process",
+            buckets=_PASS_BUCKETS,
+            registry=r,
+        )
+        self.grants = Counter(
+            "streamorch_grants", "Streams granted to a worker, by reason", ["reason"], registry=r
+        )
+        self.revokes = Counter(
+            "streamorch_revokes", "Streams revoked from a worker, by reason", ["reason"], registry=r
+        )
+        self.moves = Counter(
+            "streamorch_moves",
+            "Moves begun (revokes with a target worker), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.lease_expirations = Counter(
+            "streamorch_lease_expirations", "Workers whose lease expired", registry=r
+        )
+        self.leases_extended = Counter(
+            "streamorch_leases_extended",
+            "Leases extended after a control-plane outage (no pass for half a lease)",
+            registry=r,
+        )
+        self.streams = Gauge(
+            "streamorch_streams", "Streams by state (cluster-wide)", ["state"], registry=r
+        )
+        self.unassigned = Gauge(
+            "streamorch_unassigned_streams",
+            "Enabled streams not assigned to any worker",
+            registry=r,
+        )
+        self.workers = Gauge(
+            "streamorch_workers", "Workers by status (cluster-wide)", ["status"], registry=r
+        )
+        self.capacity = Gauge("streamorch_fleet_capacity", "Sum of worker capacities", registry=r)
+        self.load = Gauge("streamorch_fleet_load", "Sum of assigned stream weights", registry=r)
+        self.utilisation = Gauge(
+            "streamorch_fleet_utilisation",
+            "Utilisation of active workers: max and mean of load/capacity",
+            ["stat"],
+            registry=r,
+        )
+        self.balance = Gauge(
+            "streamorch_fleet_balance",
+            "Max over mean utilisation of active workers (1 is perfectly balanced)",
+            registry=r,
+        )
+        self.pool = Gauge(
+            "streamorch_db_pool_connections",
+            "PostgreSQL pool: connections in use, idle, and requests waiting for one",
+            ["state"],
+            registry=r,
+        )
+        self.up = Gauge(
+            "streamorch_service_up",
+            "1 when the service answered its last health probe",
+            ["service"],
+            registry=r,
+        )
+        self.reconcile_age = Gauge(
+            "streamorch_reconcile_last_pass_age_seconds",
+            "Seconds since this process last ran a reconcile pass",
+            registry=r,
+        )
+        self.modules = Gauge(
+            "streamorch_optional_module_available",
+            "1 when the optional module loaded",
+            ["module"],
+            registry=r,
+        )
+
+    # -- observed as things happen ---------------------------------------------
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.request_seconds.labels(method, route).observe(seconds)
+        if route.endswith("/heartbeat") and method == "POST":
+            self.heartbeats.labels(_heartbeat_result(status)).inc()
+
+    def observe_pass(self, result: PassResult, duration_ms: float) -> None:
+        self.pass_seconds.observe(duration_ms / 1000)
+        for grant in result.plan.grants:
+            self.grants.labels(grant.reason).inc()
+        for revoke in result.plan.revokes:
+            self.revokes.labels(revoke.reason).inc()
+            if revoke.target is not None:
+                self.moves.labels(revoke.reason).inc()
+        if result.expired:
+            self.lease_expirations.inc(len(result.expired))
+        if result.graced:
+            self.leases_extended.inc(result.graced)
+
+    # -- read at scrape time ---------------------------------------------------
+    async def refresh(self, rt: Runtime) -> None:
+        for name, status in rt.module_status.items():
+            self.modules.labels(name).set(1 if status.status == "available" else 0)
+        for name, monitor in rt.monitors.items():
+            self.up.labels(name).set(1 if monitor.available else 0)
+        stats = rt.db.pool_stats()
+        if stats:
+            self.pool.labels("in_use").set(stats["pool_size"] - stats["pool_available"])
+            self.pool.labels("idle").set(stats["pool_available"])
+            self.pool.labels("waiting").set(stats["requests_waiting"])
+        orch = rt.orchestrator
+        if orch is None:
+            return
+        last = orch.reconciler.stats.last_pass_at
+        if last is not None:
+            self.reconcile_age.set(round(time.time() - last, 3))
+        try:
+            async with asyncio.timeout(REFRESH_TIMEOUT_S):
+                status = await orch.status()
+        except Exception as exc:  # a scrape reports what it can; health says why
+            log.debug("metrics: cluster status unavailable: %s", exc)
+            return
+        for state, n in status["streams"].items():
+            self.streams.labels(state).set(n)
+        self.unassigned.set(status["streams"].get("unassigned", 0))
+        for state, n in status["workers"].items():
+            self.workers.labels(state).set(n)
+        self.capacity.set(status["capacity"])
+        self.load.set(status["load"])
+        balance = status["balance"]
+        self.utilisation.labels("max").set(balance["max_utilisation"])
+        self.utilisation.labels("mean").set(balance["mean_utilisation"])
+        self.balance.set(balance["max_over_mean"] or 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _heartbeat_result(status: int) -> str:
+    if status < 300:
+        return "ok"
+    return {404: "unknown_worker", 409: "rejected", 503: "unavailable"}.get(status, "error")

@@ -1,0 +1,77 @@
+"""Request ids and request metrics, as one plain ASGI middleware (no per-request task).
+
+Each request gets an id: the caller's `X-Request-ID` when it is a sane token, else a
+new one. The id is echoed in the response header and put in the logging context, so
+every record logged while the request runs carries `request_id`. When the request
+ends, its count and latency are recorded under the route *template*
+(`/v1/workers/{worker_id}/heartbeat`), never the raw path, which would give one
+series per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from streamorch import logs
+from streamorch.api.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+HEADER = "X-Request-ID"
+_ACCEPTABLE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def request_id_from(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            given = value.decode("latin-1").strip()
+            if _ACCEPTABLE.fullmatch(given):
+                return given
+            break  # unusable (too long, odd characters): never echo it into logs or headers
+    return uuid.uuid4().hex
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope)
+        token = logs.request_id.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append(HEADER, request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception(
+                "request failed: %s %s",
+                scope["method"],
+                scope["path"],
+                extra={"action": "request_failed", "path": scope["path"]},
+            )
+            raise
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(
+                scope["method"], template, status, time.perf_counter() - started
+            )
+            logs.request_id.reset(token)
