@@ -108,6 +108,23 @@ class Settings(BaseSettings):
     worker_token: SecretStr | None = _env("STREAMORCH_WORKER_TOKEN")
     admin_token: SecretStr | None = _env("STREAMORCH_ADMIN_TOKEN")
 
+    # Catalog sync from another database (core/catalog_sync.py); off while the DSN is unset.
+    streams_source_dsn: SecretStr | None = _env(
+        "STREAMS_SOURCE_DSN", example="postgresql://reader:secret@legacy-db:5432/fingerprints"
+    )
+    streams_source_query: str = _env(
+        "STREAMS_SOURCE_QUERY", default="SELECT id, url FROM streams WHERE status = 'active'"
+    )
+    streams_source_interval: float = _env(
+        "STREAMS_SOURCE_INTERVAL", default=60.0, gt=0, le=86400, example="60"
+    )
+    streams_source_mode: Literal["upsert", "replace"] = _env(
+        "STREAMS_SOURCE_MODE", default="replace", example="upsert"
+    )
+    streams_source_allow_empty: bool = _env(
+        "STREAMS_SOURCE_ALLOW_EMPTY", default=False, example="false"
+    )
+
     @property
     def postgres_is_external(self) -> bool:
         return self.database_url is not None or self.db_host is not None
@@ -131,7 +148,13 @@ class Settings(BaseSettings):
         return shown
 
 
-_SECRET_FIELDS = {"database_url", "redis_url", "db_password", "redis_password"}
+_SECRET_FIELDS = {
+    "database_url",
+    "redis_url",
+    "db_password",
+    "redis_password",
+    "streams_source_dsn",
+}
 
 
 def _env_names(info: Any) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from streamorch.config import Settings
+from streamorch.core.catalog_sync import CatalogSync
 from streamorch.core.notifier import Notifier
 from streamorch.core.reconciler import Reconciler
 from streamorch.domain import placement
@@ -40,12 +41,20 @@ class Orchestrator:
             self.notifier.publish,
             lease_ttl=settings.lease_ttl,
         )
+        # Only when a source is configured: keeps the catalog equal to its rows.
+        self.catalog_sync = (
+            CatalogSync(settings, self.bulk) if settings.streams_source_dsn else None
+        )
 
     async def start(self) -> None:
         self.notifier.start()
         self.reconciler.start()
+        if self.catalog_sync is not None:
+            self.catalog_sync.start()
 
     async def stop(self) -> None:
+        if self.catalog_sync is not None:
+            await self.catalog_sync.stop()
         await self.reconciler.stop()
         await self.notifier.stop()
 

@@ -1,0 +1,255 @@
+"""Catalog sync: keep the stream catalog equal to the rows of a query on another database.
+
+Every `STREAMS_SOURCE_INTERVAL` seconds the loop runs `STREAMS_SOURCE_QUERY` against
+`STREAMS_SOURCE_DSN` (read-only) and hands the rows to the bulk path (`Orchestrator.bulk`,
+one transaction), as `replace` (the source is authoritative) or `upsert`. The bulk path
+only writes rows that differ, so a sync with nothing new changes nothing.
+
+A failed sync never touches the catalog: an unreachable source, a failing query, an
+invalid row, or (in `replace` mode) a query that returned no rows — which looks the same
+as a source emptied by mistake — log a warning with a fix and keep what is there.
+
+Columns: `key` or `id` (the stream key; an integer id becomes its decimal string, the id
+the original instance protocol uses), `url`; optional `weight`, `labels`, `requires`
+(JSON objects or JSON text) and `enabled`. Other columns are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from streamorch.config import Settings
+from streamorch.store.postgres import StreamSpec
+
+log = logging.getLogger(__name__)
+
+# The stream key rule of API.md (the API checks it in api/schemas.py, the database in a CHECK).
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
+CONNECT_TIMEOUT_S = 10
+QUERY_TIMEOUT_MS = 60_000
+
+Apply = Callable[[list[StreamSpec], str], Awaitable[dict[str, int]]]
+
+
+class RowError(ValueError):
+    """A source row (or file record) that cannot become a stream."""
+
+
+def stream_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One source row as a bulk-API stream: key, url, weight, labels, requires, enabled."""
+    raw_key = row.get("key", row.get("id"))
+    if raw_key is None or raw_key == "":
+        raise RowError("no `key` or `id` column value")
+    key = str(raw_key).strip()
+    if not KEY_PATTERN.match(key):
+        raise RowError(f"key {key[:80]!r} is invalid: use 1-200 letters, digits or ._:-/")
+    url = str(row.get("url") or "").strip()
+    if not url:
+        raise RowError(f"stream {key!r}: no url")
+    stream: dict[str, Any] = {"key": key, "url": url}
+    weight = row.get("weight")
+    if weight not in (None, ""):
+        try:
+            stream["weight"] = int(weight)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise RowError(f"stream {key!r}: weight {weight!r} is not a whole number") from None
+        if stream["weight"] < 1:
+            raise RowError(f"stream {key!r}: weight must be at least 1")
+    for name in ("labels", "requires"):
+        value = row.get(name)
+        if value in (None, ""):
+            continue
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise RowError(f"stream {key!r}: {name} is not JSON") from None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise RowError(f"stream {key!r}: {name} must be an object of strings")
+        stream[name] = value
+    enabled = row.get("enabled")
+    if enabled not in (None, ""):
+        if isinstance(enabled, str):
+            lowered = enabled.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no", "t", "f"):
+                raise RowError(f"stream {key!r}: enabled {enabled!r} is not true or false")
+            enabled = lowered in ("true", "1", "yes", "t")
+        stream["enabled"] = bool(enabled)
+    return stream
+
+
+def streams_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every row as a stream; `RowError` naming the first problems if any row is bad."""
+    streams, problems, seen = [], [], set()
+    for number, row in enumerate(rows, start=1):
+        try:
+            stream = stream_from_row(row)
+        except RowError as exc:
+            problems.append(f"row {number}: {exc}")
+            continue
+        if stream["key"] in seen:
+            problems.append(f"row {number}: key {stream['key']!r} appears twice")
+        seen.add(stream["key"])
+        streams.append(stream)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise RowError("; ".join(problems[:5]) + more)
+    return streams
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    rows: int
+    created: int
+    updated: int
+    deleted: int
+
+    @property
+    def unchanged(self) -> int:
+        return self.rows - self.created - self.updated
+
+
+class SyncRefused(Exception):
+    """The source answered, but its answer must not be applied; carries the fix."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+class CatalogSync:
+    """The sync loop: `start()`, idempotent `stop()`, and `sync_once()` for one round."""
+
+    def __init__(self, settings: Settings, apply: Apply) -> None:
+        assert settings.streams_source_dsn is not None
+        self._dsn = settings.streams_source_dsn.get_secret_value()
+        self.query = settings.streams_source_query
+        self.interval = settings.streams_source_interval
+        self.mode = settings.streams_source_mode
+        self.allow_empty = settings.streams_source_allow_empty
+        self._apply = apply
+        self._task: asyncio.Task[None] | None = None
+        self.last_report: SyncReport | None = None
+        self.last_error: str | None = None
+        self.runs = 0
+
+    async def fetch(self) -> list[dict[str, Any]]:
+        conn = await psycopg.AsyncConnection.connect(
+            self._dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=False
+        )
+        async with conn:
+            await conn.set_read_only(True)
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}")
+            await cur.execute(self.query)  # type: ignore[arg-type]  # operator-configured SQL
+            return await cur.fetchall()
+
+    async def sync_once(self) -> SyncReport:
+        """Fetch, check and apply once; raises on any failure, leaving the catalog as it was."""
+        rows = await self.fetch()
+        try:
+            streams = streams_from_rows(rows)
+        except RowError as exc:
+            raise SyncRefused(
+                f"the source returned invalid rows: {exc}",
+                "fix those rows or STREAMS_SOURCE_QUERY (columns: key or id, url, optional "
+                "weight, labels, requires, enabled)",
+            ) from None
+        if not streams and self.mode == "replace" and not self.allow_empty:
+            raise SyncRefused(
+                "the source returned no rows; a replace would delete every stream",
+                "check STREAMS_SOURCE_QUERY; if the catalog really should be empty, set "
+                "STREAMS_SOURCE_ALLOW_EMPTY=true",
+            )
+        specs = [
+            StreamSpec(
+                s["key"],
+                s["url"],
+                s.get("weight", 1),
+                s.get("labels", {}),
+                s.get("requires", {}),
+                s.get("enabled", True),
+            )
+            for s in streams
+        ]
+        counts = await self._apply(specs, self.mode)
+        return SyncReport(len(specs), counts["created"], counts["updated"], counts["deleted"])
+
+    async def run_once(self) -> SyncReport | None:
+        """One round that logs its outcome instead of raising (what the loop calls)."""
+        started = time.monotonic()
+        self.runs += 1
+        try:
+            report = await self.sync_once()
+        except SyncRefused as exc:
+            self._failed(str(exc), exc.fix)
+            return None
+        except (psycopg.Error, OSError) as exc:
+            self._failed(
+                f"the stream source cannot be read: {type(exc).__name__}: {exc}".strip(),
+                "check STREAMS_SOURCE_DSN (host, port, database, user, password) and "
+                "STREAMS_SOURCE_QUERY against the source database",
+            )
+            return None
+        self.last_report, self.last_error = report, None
+        log.info(
+            "catalog sync: %d created, %d updated, %d deleted, %d unchanged (%s)",
+            report.created,
+            report.updated,
+            report.deleted,
+            report.unchanged,
+            self.mode,
+            extra={
+                "action": "catalog_synced",
+                "mode": self.mode,
+                "rows": report.rows,
+                # Not top-level keys: `created` is a LogRecord attribute already.
+                "counts": {
+                    "created": report.created,
+                    "updated": report.updated,
+                    "deleted": report.deleted,
+                    "unchanged": report.unchanged,
+                },
+                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+        return report
+
+    def _failed(self, message: str, fix: str) -> None:
+        self.last_error = message
+        log.warning(
+            "catalog sync skipped, the catalog is kept as it is: %s; fix: %s",
+            message,
+            fix,
+            extra={"action": "catalog_sync_failed", "fix": fix},
+        )
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="catalog-sync")
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # e.g. the orchestrator's own database is down: try again later
+                log.exception("catalog sync failed", extra={"action": "catalog_sync_error"})
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
