@@ -47,7 +47,11 @@ def safe_import(spec: OptionalModule, registry: dict[str, ModuleStatus]) -> Modu
             "optional module %s is missing: %s is unavailable",
             spec.name,
             spec.feature,
-            extra={"action": "optional_module_missing", "module": spec.name, "fix": spec.install},
+            extra={
+                "action": "optional_module_missing",
+                "optional_module": spec.name,
+                "fix": spec.install,
+            },
         )
         return None
     registry[spec.name] = ModuleStatus("available", spec.feature)
