@@ -101,7 +101,7 @@ class EngineStore:
             {
                 "kinds": [e.kind for e in events],
                 "streams": [e.stream for e in events],
-                "workers": [e.worker for e in events],
+                "workers": [None if e.worker is None else str(e.worker) for e in events],
                 "reasons": [e.reason for e in events],
                 "details": [json.dumps(e.details) for e in events],
             },

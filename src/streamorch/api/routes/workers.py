@@ -20,19 +20,25 @@ def _settings(request: Request):
     return request.app.state.runtime.settings
 
 
-def desired_out(request: Request, row: dict[str, Any]) -> dict[str, Any]:
+def desired_response(request: Request, row: dict[str, Any]) -> Response:
+    """A desired set (heartbeat and long-poll answers), `row["assignments"]` being JSON text.
+
+    The hot path of the API: the assignments arrive from PostgreSQL as JSON text and
+    are spliced in as they are, instead of being parsed and encoded again.
+    """
     settings = _settings(request)
-    return {
+    head = {
         "lease_expires_at": row["lease_expires_at"].isoformat(),
         "version": row["version"],
         # Which registration this set is for: a long-poll has no incarnation to check,
         # so a superseded incarnation must be able to tell the set is not its own.
         "incarnation": row["incarnation"],
         "status": row["status"],
-        "assignments": row["assignments"],
         "heartbeat_interval_s": settings.heartbeat_interval,
         "lease_ttl_s": settings.lease_ttl,
     }
+    body = f'{json.dumps(head)[:-1]},"assignments":{row["assignments"]}}}'
+    return Response(body, media_type="application/json")
 
 
 @router.post("/register", status_code=201, dependencies=[Depends(deps.require_worker)])
@@ -76,32 +82,31 @@ async def heartbeat(
         metrics=body.metrics,
         acked_version=body.version,
     )
-    head = desired_out(
+    return desired_response(
         request,
         {
             "lease_expires_at": result.lease_expires_at,
             "version": result.version,
             "incarnation": body.incarnation,
             "status": result.status,
-            "assignments": None,
+            "assignments": result.assignments_json,
         },
     )
-    # The hot path of the API: the assignments arrive from PostgreSQL as JSON text and
-    # are spliced in as they are, instead of being parsed and encoded again.
-    del head["assignments"]
-    body_json = f'{json.dumps(head)[:-1]},"assignments":{result.assignments_json}}}'
-    return Response(body_json, media_type="application/json")
 
 
-@router.get("/{worker_id}/assignments", dependencies=[Depends(deps.require_worker)])
+@router.get(
+    "/{worker_id}/assignments",
+    dependencies=[Depends(deps.require_worker)],
+    response_model=DesiredOut,
+)
 async def assignments(
     request: Request,
     worker_id: uuid.UUID,
     version: int | None = Query(None, ge=0),
     wait: float = Query(0, ge=0, le=30),
     orch: Orchestrator = Depends(deps.orchestrator),
-) -> dict[str, Any]:
-    return desired_out(request, await orch.desired(worker_id, version=version, wait=wait))
+) -> Response:
+    return desired_response(request, await orch.desired(worker_id, version=version, wait=wait))
 
 
 @router.post("/{worker_id}/drain", status_code=202, dependencies=[Depends(deps.require_worker)])
