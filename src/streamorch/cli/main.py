@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from streamorch.cli import admin as admin_cli
 from streamorch.cli import doctor as doctor_cli
 from streamorch.cli import services as services_cli
 from streamorch.cli import worker as worker_cli
@@ -34,6 +35,7 @@ app.add_typer(wait_app, name="wait")
 config_app = typer.Typer(help="Check or show the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.command("doctor")(doctor_cli.doctor)
+admin_cli.register(app)  # streams …, workers …, status, events
 app.command("worker")(worker_cli.worker)
 
 

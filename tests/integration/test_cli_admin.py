@@ -1,0 +1,196 @@
+"""The client-side commands against a real `streamorch serve` process.
+
+The server runs as a subprocess on a database of the test PostgreSQL server, with an
+admin token; the commands run in process (typer's CliRunner) and talk to it over HTTP
+exactly as they would from an operator's shell.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from streamorch.cli.main import app
+from tests.conftest import _recreate, drop_database
+from tests.e2e.harness import ROOT, clean_env, free_port
+
+TOKEN = "admin-secret"
+READY_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def server(postgres_server, template_database, redis_url, tmp_path_factory):
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    _recreate(postgres_server, name, template=template_database)
+    workdir = tmp_path_factory.mktemp("cli-admin")
+    port = free_port()
+    log = workdir / "server.log"
+    env = clean_env(
+        DATABASE_URL=postgres_server.url(name),
+        REDIS_URL=redis_url,
+        STREAMORCH_DATA_DIR=str(workdir / "data"),
+        ORCHESTRATOR_PORT=str(port),
+        STREAMORCH_ADMIN_TOKEN=TOKEN,
+        HEARTBEAT_INTERVAL="0.3",
+        LEASE_TTL="3",
+        RECONCILE_INTERVAL="0.1",
+    )
+    env.pop("STREAMORCH_WORKER_TOKEN", None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamorch", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        drop_database(postgres_server, name)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"server not ready within {READY_TIMEOUT} s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def cli(server):
+    runner = CliRunner()
+
+    def run(*args: str, token: str | None = TOKEN, code: int = 0):
+        env = {"STREAMORCH_SERVER": server, "STREAMORCH_TOKEN": token}
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == code, (
+            f"{args}: exit {result.exit_code}\n{result.stdout}\n{result.stderr}"
+        )
+        return result
+
+    return run
+
+
+def as_json(result) -> object:
+    return json.loads(result.stdout)
+
+
+def test_streams_put_get_list_explain_delete(cli):
+    cli(
+        "streams", "put", "radio/1", "--url", "http://r/1", "--weight", "2", "--label", "genre=jazz"
+    )
+    got = as_json(cli("streams", "get", "radio/1", "--json"))
+    assert (got["url"], got["weight"], got["labels"]) == ("http://r/1", 2, {"genre": "jazz"})
+    human = cli("streams", "get", "radio/1").stdout
+    assert "http://r/1" in human
+    assert "genre=jazz" in human
+
+    listed = as_json(cli("streams", "list", "--json"))
+    assert [s["key"] for s in listed] == ["radio/1"]
+    assert "radio/1" in cli("streams", "list").stdout
+
+    explained = cli("streams", "explain", "radio/1").stdout
+    assert "radio/1" in explained
+    assert "no live worker" in explained
+
+    cli("streams", "delete", "radio/1")
+    missing = cli("streams", "get", "radio/1", code=1)
+    assert "no stream 'radio/1'" in missing.stderr
+    bad = cli("streams", "put", "bad key", "--url", "http://r/x", code=1)
+    assert "stream key 'bad key' is invalid" in bad.stderr
+
+
+def test_import_csv_and_json_is_idempotent(cli, tmp_path):
+    csv_file = tmp_path / "stations.csv"
+    csv_file.write_text(
+        "id,url,weight,labels\n"
+        + "".join(f'{i},http://r/{i},1,"{{""region"": ""eu""}}"\n' for i in range(1, 13))
+    )
+    first = as_json(cli("streams", "import", str(csv_file), "--chunk", "5", "--json"))
+    assert first == {"created": 12, "updated": 0, "deleted": 0, "unchanged": 0}
+    again = cli("streams", "import", str(csv_file), "--chunk", "5").stdout
+    assert "0 created, 0 updated, 0 deleted, 12 unchanged" in again
+    assert as_json(cli("streams", "get", "7", "--json"))["labels"] == {"region": "eu"}
+
+    json_file = tmp_path / "catalog.json"
+    streams = [{"key": str(i), "url": f"http://r/{i}"} for i in range(1, 11)]
+    streams[0]["url"] = "http://r/1-new"
+    json_file.write_text(json.dumps({"streams": streams}))
+    replaced = as_json(cli("streams", "import", str(json_file), "--replace", "--json"))
+    # 1 changed url; 2-10 lose their labels (not in the file); 11 and 12 are gone.
+    assert replaced == {"created": 0, "updated": 10, "deleted": 2, "unchanged": 0}
+    assert as_json(cli("streams", "import", str(json_file), "--replace", "--json")) == {
+        "created": 0,
+        "updated": 0,
+        "deleted": 0,
+        "unchanged": 10,
+    }
+    assert len(as_json(cli("streams", "list", "--json"))) == 10
+
+    broken = tmp_path / "broken.csv"
+    broken.write_text("id,url\n1,http://r/1\n2,\n")
+    failed = cli("streams", "import", str(broken), code=1)
+    assert "row 2" in failed.stderr
+    assert "no url" in failed.stderr
+
+
+def test_workers_status_events_and_tokens(cli, server):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    worker = httpx.post(
+        server + "/v1/workers/register", json={"name": "w-cli", "capacity": 5}, headers=headers
+    ).json()
+    listed = as_json(cli("workers", "list", "--json"))
+    assert [w["name"] for w in listed if w["status"] == "active"] == ["w-cli"]
+    assert "w-cli" in cli("workers", "list").stdout
+
+    assert "w-cli is draining" in cli("workers", "drain", "w-cli").stdout
+    drained = {w["name"]: w for w in as_json(cli("workers", "list", "--json"))}
+    assert drained["w-cli"]["status"] == "draining"
+    assert "no worker 'ghost'" in cli("workers", "drain", "ghost", code=1).stderr
+
+    status = as_json(cli("status", "--json"))
+    assert status["workers"]["draining"] == 1
+    assert "workers" in cli("status").stdout
+
+    events = as_json(cli("events", "--json", "--limit", "1000"))
+    kinds = {e["kind"] for e in events["items"]}
+    assert {"worker_joined", "drain_started"} <= kinds
+    assert "drain_started" in cli("events", "--limit", "1000").stdout
+    assert worker["worker_id"] in {e["worker_id"] for e in events["items"]}
+
+    # The server's own message, and a non-zero exit, without or with a wrong token.
+    denied = cli("status", token="wrong", code=1)
+    assert "this call needs an admin token" in denied.stderr
+
+
+def test_no_server_exits_2_saying_where_it_looked():
+    result = CliRunner().invoke(
+        app, ["status"], env={"STREAMORCH_SERVER": f"http://127.0.0.1:{free_port()}"}
+    )
+    assert result.exit_code == 2
+    assert "no orchestrator answered at http://127.0.0.1:" in result.stderr
