@@ -109,12 +109,14 @@ class HeartbeatBatcher:
     async def _write(self, batch: list[_Pending]) -> None:
         try:
             rows = await self._execute([p.beat for p in batch])
-        except BaseException as exc:
+        except Exception as exc:
             for pending in batch:
                 if not pending.answer.done():
                     pending.answer.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+        except BaseException:  # cancelled (shutdown): so are the heartbeats waiting on it
+            for pending in batch:
+                pending.answer.cancel()
+            raise
         else:
             self.batches += 1
             self.beats += len(batch)
