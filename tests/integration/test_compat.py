@@ -34,6 +34,7 @@ class Instance:
         self.journal = journal
         self.running: set[int] = set()
         self.pull = True
+        self.status = "active"
         self.incarnation = 0
         self.interval = 0.3
         self.conflicts: list[str] = []  # 404/409 answers: the instance had lost its lease
@@ -77,7 +78,7 @@ class Instance:
             json={
                 "server_id": self.name,
                 "current_streams": sorted(self.running),
-                "status": "active",
+                "status": self.status,
             },
         )
 
@@ -264,6 +265,25 @@ async def test_release_hands_streams_to_another_instance(api, fleet, journal):
         str(i) for i in given_back
     }
     assert ownership_violations(events) == []
+
+
+async def test_a_draining_instance_hands_its_streams_over(api, fleet, journal):
+    ids = [1, 2, 3, 4]
+    await add_streams(api, ids)
+    a, b = fleet("inst-a", 4), fleet("inst-b", 4)
+    await a.run()
+    await b.run()
+    await wait_until(lambda: runs_each_once([a, b], ids), timeout=30, what="placed")
+
+    a.status = "shutting_down"  # one of the original instances' words for it
+    await wait_until(
+        lambda: b.running == set(ids) and not a.running, timeout=30, what="drained to inst-b"
+    )
+    answer = await api.post("/streams/assign", json={"server_id": "inst-a", "requested_count": 4})
+    assert answer.json() == {"status": "draining", "assigned_streams": [], "count": 0}
+    listed = {i["server_id"]: i for i in (await api.get("/instances")).json()["instances"]}
+    assert listed["inst-a"]["status"] == "draining"
+    assert journal.overlaps() == []
 
 
 async def test_assign_hands_out_each_stream_once(api, fleet):
