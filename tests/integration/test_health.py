@@ -89,8 +89,15 @@ async def test_outdated_schema_is_not_ready(api, postgres_server, database):
         conn.execute(
             "DELETE FROM schema_migrations WHERE version = %s", (migrations.expected_version(),)
         )
+    # /ready may answer from a probe of the last second: within a second it must see it.
     response = await api.get("/ready")
-    assert response.status_code == 503
+
+    async def unready() -> bool:
+        nonlocal response
+        response = await api.get("/ready")
+        return response.status_code == 503
+
+    await wait_until(unready, timeout=30, what="/ready 503")
     pg = response.json()["services"]["postgresql"]
     assert pg["details"]["code"] == "postgres.schema_outdated"
     assert "streamorch migrate" in pg["suggestion"]

@@ -86,6 +86,8 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
             runtime.orchestrator.reconciler.observers.append(metrics.observe_pass)
             await runtime.orchestrator.start()
             runtime.monitors = start_monitors(db, redis_client, redis_target)
+            # Back from an outage: run a pass now rather than when the backoff ends.
+            runtime.monitors["postgresql"].on_recovery.append(runtime.orchestrator.reconciler.wake)
             runtime.ready = True
             yield
         finally:

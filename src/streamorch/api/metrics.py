@@ -166,6 +166,9 @@ class Metrics:
         orch = rt.orchestrator
         if orch is None:
             return
+        pg = rt.monitors.get("postgresql")
+        if pg is not None and pg.available is False:
+            return  # known down: keep the last figures rather than wait on a dead server
         last = orch.reconciler.stats.last_pass_at
         if last is not None:
             self.reconcile_age.set(round(time.time() - last, 3))

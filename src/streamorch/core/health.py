@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 2.0  # each deep check of /health
 READY_TIMEOUT_S = 1.0  # the live PostgreSQL query of /ready
+READY_FRESH_S = 1.0  # /ready trusts a successful monitor probe this recent
 MONITOR_INTERVAL_S = 0.5
 MONITOR_TIMEOUT_S = 1.0
 HISTORY_SIZE = 120  # probes kept per service: one minute at the monitor's pace
@@ -176,17 +177,6 @@ async def check_postgres(db: DatabaseManager) -> Check:
     return ok(latency, details)
 
 
-async def ping_postgres(db: DatabaseManager, timeout: float = MONITOR_TIMEOUT_S) -> Check:
-    """The cheap check of the monitor: one query through the pool."""
-    if not db.is_open:
-        return failed(not_started("the PostgreSQL pool is not open yet"))
-    probe = await db.verify_connection(timeout=timeout)
-    if not probe.ok:
-        assert probe.problem is not None
-        return failed(probe.problem)
-    return ok(probe.latency_ms, {"server_version": probe.version})
-
-
 async def ready_postgres(db: DatabaseManager) -> Check:
     """Readiness: PostgreSQL answers now and the schema is at the expected version."""
     if not db.is_open:
@@ -306,6 +296,7 @@ class ServiceMonitor:
         self.down_since: float | None = None  # time.time()
         self.history: deque[Sample] = deque(maxlen=HISTORY_SIZE)
         self.losses = 0
+        self.on_recovery: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -313,6 +304,11 @@ class ServiceMonitor:
     def available(self) -> bool | None:
         """None until the first probe."""
         return None if self.last is None else self.last["status"] == "ready"
+
+    def fresh(self, max_age: float = READY_FRESH_S) -> Check | None:
+        """The last probe if it succeeded less than `max_age` seconds ago."""
+        recent = self.checked_at is not None and time.monotonic() - self.checked_at <= max_age
+        return self.last if self.available and recent else None
 
     def note(self, check: Check, source: str) -> None:
         """Keep the response time of a check made elsewhere (it says nothing of availability:
@@ -351,6 +347,8 @@ class ServiceMonitor:
                 downtime,
                 extra={"action": "service_recovered", "service": self.name, "downtime_s": downtime},
             )
+            for callback in self.on_recovery:
+                callback()
 
     async def check(self) -> Check:
         try:
@@ -414,7 +412,11 @@ class ServiceMonitor:
 def start_monitors(
     db: DatabaseManager, client: aioredis.Redis | None, target: RedisTarget | None
 ) -> dict[str, ServiceMonitor]:
-    monitors = {"postgresql": ServiceMonitor("postgresql", "PostgreSQL", lambda: ping_postgres(db))}
+    # The PostgreSQL probe is /ready's own check (answers + schema version), so /ready
+    # can answer from it without a round trip of its own.
+    monitors = {
+        "postgresql": ServiceMonitor("postgresql", "PostgreSQL", lambda: ready_postgres(db))
+    }
     if client is not None and target is not None:
         monitors["redis"] = ServiceMonitor("redis", "Redis", lambda: ping_redis(client, target))
     for monitor in monitors.values():

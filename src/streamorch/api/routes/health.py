@@ -26,6 +26,10 @@ router = APIRouter(tags=["health"])
 LISTED = 100  # workers, moves and failovers listed in /health/detailed
 
 
+async def _nothing() -> dict[str, Any]:
+    return {}
+
+
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
@@ -46,16 +50,42 @@ async def _counts(rt: Runtime) -> dict[str, Any]:
     return {k: status[k] for k in ("streams", "workers", "capacity", "load", "load_percent")}
 
 
+def _known_down(rt: Runtime, name: str) -> health.Check | None:
+    """The monitor's last failed probe when it says the service is down (it re-probes twice
+    a second): /health then answers at once instead of waiting out a dead server."""
+    monitor = rt.monitors.get(name)
+    if monitor is None or monitor.available is not False or monitor.last is None:
+        return None
+    return {**monitor.last, "details": {**monitor.last["details"], "from": "monitor"}}
+
+
+def _noted(rt: Runtime, name: str, check: health.Check) -> health.Check:
+    monitor = rt.monitors.get(name)
+    if monitor is not None:
+        monitor.note(check, source="health")
+    return check
+
+
+async def _postgres(rt: Runtime) -> health.Check:
+    down = _known_down(rt, "postgresql")
+    return down or _noted(rt, "postgresql", await health.check_postgres(rt.db))
+
+
+async def _redis(rt: Runtime) -> health.Check:
+    required = rt.settings.redis_required
+    down = _known_down(rt, "redis")
+    if down is not None:
+        return {**down, "details": {**down["details"], "required": required}}
+    return _noted(rt, "redis", await health.check_redis(rt.redis, rt.redis_target, required))
+
+
 async def _report(rt: Runtime) -> dict[str, Any]:
+    pg_down = _known_down(rt, "postgresql") is not None
     postgres, redis, counts = await asyncio.gather(
-        health.check_postgres(rt.db),
-        health.check_redis(rt.redis, rt.redis_target, rt.settings.redis_required),
-        _bounded(_counts(rt), "counts"),
+        _postgres(rt),
+        _redis(rt),
+        _bounded(_counts(rt), "counts") if not pg_down else _nothing(),
     )
-    for name, check in (("postgresql", postgres), ("redis", redis)):
-        monitor = rt.monitors.get(name)
-        if monitor is not None:
-            monitor.note(check, source="health")
     uptime = time.monotonic() - rt.started_at
     reconciler = (
         health.reconciler(
@@ -120,13 +150,13 @@ async def get_health(request: Request) -> JSONResponse:
 async def get_ready(request: Request) -> JSONResponse:
     rt = _runtime(request)
     pg_monitor = rt.monitors.get("postgresql")
-    if pg_monitor is not None and pg_monitor.available is False:
-        # Known down: answer now from the monitor (it re-probes twice a second)
-        # instead of making every probe wait on a dead server.
-        postgres = pg_monitor.last
-    else:
+    # The monitor runs this same check twice a second: a success from the last second, or
+    # a failure it still stands by, answers now. A live query only fills the gaps (start,
+    # a slow probe), so a load balancer's probes never pile up on a dead server.
+    postgres = _known_down(rt, "postgresql") or (pg_monitor.fresh() if pg_monitor else None)
+    if postgres is None:
         postgres = await health.ready_postgres(rt.db)
-        if pg_monitor is not None and postgres["status"] != "ready":
+        if pg_monitor is not None:
             pg_monitor.record(postgres, source="ready")
     redis = _redis_state(rt)
     orchestrator = {
