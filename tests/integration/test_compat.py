@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.conftest import FAST_ENGINE
@@ -326,6 +327,26 @@ async def test_a_handed_out_stream_counts_as_running_until_reported(api, fleet):
     inst.stop_streams([1], "heartbeat")
     assert (await inst.heartbeat()).status_code == 200
     await wait_until(lambda: _no_owner(api), what="move finished")
+
+
+async def test_a_hand_out_is_running_before_the_next_report(api, fleet, postgres_server, database):
+    """A pass that began before the instance's last report revokes what it then pulled:
+    that report (without the stream) must not count as the stream's stop."""
+    orch = api.app.state.runtime.orchestrator
+    await add_streams(api, [1])
+    inst = fleet("inst-a", 5)
+    await inst.register()
+    assert (await inst.heartbeat()).status_code == 200
+    assert await inst.assign(1) == [1]
+    with psycopg.connect(postgres_server.conninfo(database), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE assignments SET state = 'revoking', reason = 'rebalance', "
+            "revoked_at = now() - interval '1 hour' WHERE stream_key = '1'"
+        )
+        conn.execute("UPDATE cluster SET generation = generation + 1")
+    target = orch.reconciler.stats.passes + 3
+    await wait_until(lambda: orch.reconciler.stats.passes >= target, what="3 passes")
+    assert (await owners(api))["moving"] == [1]
 
 
 async def _no_owner(api) -> bool:

@@ -136,6 +136,7 @@ class Compat:
             metrics={"protocol": "compat", "reported": len(reported), "handed_out": len(pending)},
             acked_version=None,
         )
+        await self.store.restore_handouts(row["id"], ttl=self.ttl)
         desired = ids_of(a["stream"] for a in result.assignments)
         wanted = set(desired)
         return {

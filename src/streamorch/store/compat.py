@@ -79,7 +79,15 @@ class CompatStore:
             if state is None or state["status"] != "active" or not state["lease_valid"]:
                 return [], state
             await cur.execute(sql("hand_out"), {"id": worker_id, "limit": limit, "ttl": ttl})
-            return [r["stream_key"] for r in await cur.fetchall()], state
+            keys = [r["stream_key"] for r in await cur.fetchall()]
+            if keys:
+                await cur.execute(sql("add_running"), {"id": worker_id, "keys": keys})
+            return keys, state
+
+    async def restore_handouts(self, worker_id: uuid.UUID, *, ttl: float) -> None:
+        """Count hand-outs made while a heartbeat was in flight as running (it overwrote them)."""
+        async with self.db.connection() as conn:
+            await conn.execute(sql("restore_handouts"), {"id": worker_id, "ttl": ttl})
 
     @retry_conflicts
     async def release(

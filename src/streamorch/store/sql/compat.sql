@@ -48,6 +48,24 @@ SELECT %(id)s, stream_key FROM picked
 ON CONFLICT (worker_id, stream_key) DO UPDATE SET handed_at = now()
 RETURNING stream_key;
 
+-- name: add_running
+-- A hand-out counts as running from the moment it is made: a pass that began before
+-- the instance's last report could otherwise take that report as the stop of a
+-- stream the instance is only now starting (revoked_at is the pass's start time).
+UPDATE workers SET running = running || %(keys)s::text[] WHERE id = %(id)s;
+
+-- name: restore_handouts
+-- After a heartbeat: hand-outs made while it was in flight are running too.
+UPDATE workers w
+   SET running = w.running || ARRAY(
+           SELECT h.stream_key FROM compat_handouts h
+            WHERE h.worker_id = w.id AND NOT (h.stream_key = ANY (w.running))
+              AND h.handed_at >= now() - make_interval(secs => %(ttl)s))
+ WHERE w.id = %(id)s
+   AND EXISTS (SELECT 1 FROM compat_handouts h
+                WHERE h.worker_id = w.id AND NOT (h.stream_key = ANY (w.running))
+                  AND h.handed_at >= now() - make_interval(secs => %(ttl)s));
+
 -- name: owned
 SELECT a.stream_key, a.state, coalesce(s.weight, 1) AS weight,
        coalesce(s.requires, '{}'::jsonb) AS requires
