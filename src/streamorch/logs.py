@@ -16,6 +16,7 @@ import contextvars
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -26,15 +27,26 @@ _STANDARD |= {"color_message"}  # uvicorn's coloured duplicate of the message
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "streamorch_request_id", default=None
 )
+# More context of the request (e.g. the worker or stream its path names), computed only
+# when a record is logged: the path is routed after the request id is set.
+request_fields: contextvars.ContextVar[Callable[[], dict[str, Any]] | None] = (
+    contextvars.ContextVar("streamorch_request_fields", default=None)
+)
 
 
 class RequestContext(logging.Filter):
-    """Stamp the current request id on every record logged while a request runs."""
+    """Stamp the current request's id and fields on every record logged while it runs;
+    what the caller put in `extra` wins."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         current = request_id.get()
         if current is not None and not hasattr(record, "request_id"):
             record.request_id = current
+        fields = request_fields.get()
+        if fields is not None:
+            for key, value in fields().items():
+                if not hasattr(record, key):
+                    setattr(record, key, value)
         return True
 
 

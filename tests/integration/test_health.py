@@ -204,13 +204,13 @@ async def test_request_ids_reach_the_response_and_the_logs(api):
         logging.getLogger("streamorch.test").info("inside", extra={"action": "test_log"})
         return {}
 
-    api.app.add_api_route("/test-log", speaks)
+    api.app.add_api_route("/test-log/{worker_id}", speaks)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     out = io.StringIO()
     configure_logging("INFO", "structured", stream=out)
     try:
-        await api.get("/test-log", headers={"X-Request-ID": "req-42"})
+        await api.get("/test-log/w-7", headers={"X-Request-ID": "req-42"})
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
@@ -218,3 +218,4 @@ async def test_request_ids_reach_the_response_and_the_logs(api):
     mine = [r for r in records if r.get("action") == "test_log"]
     assert mine
     assert mine[0]["request_id"] == "req-42"
+    assert mine[0]["worker"] == "w-7"

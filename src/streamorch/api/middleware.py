@@ -2,7 +2,8 @@
 
 Each request gets an id: the caller's `X-Request-ID` when it is a sane token, else a
 new one. The id is echoed in the response header and put in the logging context, so
-every record logged while the request runs carries `request_id`. When the request
+every record logged while the request runs carries `request_id` (and `worker` or
+`stream` when the path names one). When the request
 ends, its count and latency are recorded under the route *template*
 (`/v1/workers/{worker_id}/heartbeat`), never the raw path, which would give one
 series per worker.
@@ -14,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +39,17 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def path_fields(scope: Scope) -> dict[str, Any]:
+    """The worker and stream the request's path names, once it is routed."""
+    params = scope.get("path_params") or {}
+    fields = {}
+    if "worker_id" in params:
+        fields["worker"] = str(params["worker_id"])
+    if "key" in params:
+        fields["stream"] = params["key"]
+    return fields
+
+
 class RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -48,6 +61,7 @@ class RequestContext:
             return
         request_id = request_id_from(scope)
         token = logs.request_id.set(request_id)
+        fields_token = logs.request_fields.set(lambda: path_fields(scope))
         started = time.perf_counter()
         status = 500
 
@@ -75,3 +89,4 @@ class RequestContext:
                 scope["method"], template, status, time.perf_counter() - started
             )
             logs.request_id.reset(token)
+            logs.request_fields.reset(fields_token)

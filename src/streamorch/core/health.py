@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 2.0  # each deep check of /health
 READY_TIMEOUT_S = 1.0  # the live PostgreSQL query of /ready
-READY_FRESH_S = 1.0  # /ready trusts a successful monitor probe this recent
+READY_FRESH_S = 0.75  # /ready trusts a successful monitor probe this recent (1.5 probes)
 MONITOR_INTERVAL_S = 0.5
 MONITOR_TIMEOUT_S = 1.0
 HISTORY_SIZE = 120  # probes kept per service: one minute at the monitor's pace
