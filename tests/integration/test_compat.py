@@ -409,3 +409,28 @@ async def test_invalid_bodies_get_422_saying_what_is_wrong(api, path, body, wher
     error = response.json()["error"]
     assert error["code"] == "invalid_input"
     assert where in error["message"]
+
+
+async def test_with_tokens_instances_need_the_worker_token(
+    make_settings, postgres_server, database
+):
+    import httpx
+
+    from streamorch.api.app import create_app
+
+    settings = make_settings(
+        DATABASE_URL=postgres_server.url(database),
+        REDIS_URL=redis_url,
+        STREAMORCH_WORKER_TOKEN="w-secret",
+    )
+    app = create_app(settings)
+    body = {"server_id": "inst-a", "ip": "10.0.0.7", "port": 8080, "max_streams": 5}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://o") as client:
+            denied = await client.post("/register", json=body)
+            assert denied.status_code == 401
+            assert denied.json()["error"]["code"] == "unauthorized"
+            headers = {"Authorization": "Bearer w-secret"}
+            assert (await client.post("/register", json=body, headers=headers)).status_code == 201
+            assert (await client.get("/instances", headers=headers)).status_code == 200
