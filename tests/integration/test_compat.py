@@ -412,7 +412,7 @@ async def test_invalid_bodies_get_422_saying_what_is_wrong(api, path, body, wher
 
 
 async def test_with_tokens_instances_need_the_worker_token(
-    make_settings, postgres_server, database
+    make_settings, postgres_server, database, redis_url
 ):
     import httpx
 
