@@ -209,6 +209,12 @@ async def test_postgres_outage_is_unready_then_recovers_fairly(
         assert cause["code"].startswith("postgres.")
         assert cause["error"]
         assert cause["suggestion"]
+        code, detailed = await status_of(client, "/health/detailed")
+        assert code == 503
+        assert "PostgreSQL is down" in detailed["orchestrator"]["error"]
+        assert detailed["history"]["postgresql"]["available"] is False
+        assert detailed["history"]["postgresql"]["failures"] >= 1
+        assert cause["suggestion"] in detailed["recommendations"]
 
         heartbeat = await client.post(
             f"/v1/workers/{worker.worker_id}/heartbeat",

@@ -200,9 +200,13 @@ def _redis_state(rt: Runtime) -> health.Check:
 @router.get("/health/detailed", dependencies=[Depends(deps.require_admin)])
 async def get_health_detailed(request: Request) -> JSONResponse:
     rt = _runtime(request)
-    body, internals = await asyncio.gather(
-        _report(rt), _bounded(_internals(rt), "orchestrator internals")
-    )
+    internals: Any = {"error": "orchestrator internals unavailable: PostgreSQL is down"}
+    if _known_down(rt, "postgresql") is None:
+        body, internals = await asyncio.gather(
+            _report(rt), _bounded(_internals(rt), "orchestrator internals")
+        )
+    else:
+        body = await _report(rt)
     settings = rt.settings
     body["configuration"] = {
         "values": settings.describe(),
