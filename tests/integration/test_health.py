@@ -219,3 +219,17 @@ async def test_request_ids_reach_the_response_and_the_logs(api):
     assert mine
     assert mine[0]["request_id"] == "req-42"
     assert mine[0]["worker"] == "w-7"
+
+
+async def test_an_unexpected_error_is_logged_with_its_request_id(api, caplog):
+    async def broken() -> dict:
+        raise RuntimeError("boom")
+
+    api.app.add_api_route("/test-broken", broken)
+    with pytest.raises(RuntimeError):  # the in-process transport re-raises what the app raised
+        await api.get("/test-broken", headers={"X-Request-ID": "req-500"})
+    failed = [r for r in caplog.records if getattr(r, "action", None) == "request_failed"]
+    assert len(failed) == 1
+    assert failed[0].getMessage() == "request failed: GET /test-broken"
+    assert failed[0].request_id == "req-500"
+    assert failed[0].exc_info is not None

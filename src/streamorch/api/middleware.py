@@ -79,7 +79,7 @@ class RequestContext:
                 "request failed: %s %s",
                 scope["method"],
                 scope["path"],
-                extra={"action": "request_failed", "path": scope["path"]},
+                extra={"action": "request_failed", "path": scope["path"], "request_id": request_id},
             )
             raise
         finally:
