@@ -94,3 +94,9 @@ def test_every_metric_is_documented():
     # Counters are collected under their name without `_total`: a prefix of the documented one.
     missing = sorted(n for n in names if f"`{n}" not in guide)
     assert missing == []
+
+
+def test_a_failing_metric_never_breaks_a_reconcile_pass(caplog):
+    metrics = Metrics()
+    metrics.observe_pass(object(), 1.0)  # not a PassResult: recording fails, quietly
+    assert [r.action for r in caplog.records] == ["metrics_failed"]

@@ -140,6 +140,13 @@ class Metrics:
             self.heartbeats.labels(_heartbeat_result(status)).inc()
 
     def observe_pass(self, result: PassResult, duration_ms: float) -> None:
+        """Called by the reconciler after each pass: a failure here must never stop passes."""
+        try:
+            self._observe_pass(result, duration_ms)
+        except Exception:
+            log.exception("recording reconcile metrics failed", extra={"action": "metrics_failed"})
+
+    def _observe_pass(self, result: PassResult, duration_ms: float) -> None:
         self.pass_seconds.observe(duration_ms / 1000)
         for grant in result.plan.grants:
             self.grants.labels(grant.reason).inc()
