@@ -338,12 +338,17 @@ async def test_a_hand_out_is_running_before_the_next_report(api, fleet, postgres
     await inst.register()
     assert (await inst.heartbeat()).status_code == 200
     assert await inst.assign(1) == [1]
-    with psycopg.connect(postgres_server.conninfo(database), autocommit=True) as conn:
-        conn.execute(
+    # Async: a blocking connection waiting for a row lock of the app's reconciler would
+    # stall the event loop that reconciler needs to finish.
+    conn = await psycopg.AsyncConnection.connect(
+        postgres_server.conninfo(database), autocommit=True
+    )
+    async with conn:
+        await conn.execute(
             "UPDATE assignments SET state = 'revoking', reason = 'rebalance', "
             "revoked_at = now() - interval '1 hour' WHERE stream_key = '1'"
         )
-        conn.execute("UPDATE cluster SET generation = generation + 1")
+        await conn.execute("UPDATE cluster SET generation = generation + 1")
     target = orch.reconciler.stats.passes + 3
     await wait_until(lambda: orch.reconciler.stats.passes >= target, what="3 passes")
     assert (await owners(api))["moving"] == [1]
