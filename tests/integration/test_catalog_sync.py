@@ -146,3 +146,17 @@ async def test_upsert_mode_never_deletes(api, make_settings, source):
     )
     assert await sync.run_once() == SyncReport(rows=1, created=1, updated=0, deleted=0)
     assert set(await catalog(api)) == {"7", "radio-x"}
+
+
+async def test_a_failing_catalog_store_is_told_apart_from_a_failing_source(
+    make_settings, source, caplog
+):
+    async def broken_store(specs, mode):
+        raise psycopg.OperationalError("connection to the orchestrator's database lost")
+
+    execute(source, "INSERT INTO streams (id, url) VALUES (1, 'http://r/1')")
+    caplog.set_level(logging.WARNING, logger="streamorch.core.catalog_sync")
+    sync = CatalogSync(make_settings(STREAMS_SOURCE_DSN=source), broken_store)
+    assert await sync.run_once() is None
+    assert "the catalog could not be written" in sync.last_error
+    assert "GET /health" in caplog.records[-1].getMessage()

@@ -157,7 +157,14 @@ class CatalogSync:
 
     async def sync_once(self) -> SyncReport:
         """Fetch, check and apply once; raises on any failure, leaving the catalog as it was."""
-        rows = await self.fetch()
+        try:
+            rows = await self.fetch()
+        except (psycopg.Error, OSError) as exc:
+            raise SyncRefused(
+                f"the stream source cannot be read: {type(exc).__name__}: {exc}".strip(),
+                "check STREAMS_SOURCE_DSN (host, port, database, user, password) and "
+                "STREAMS_SOURCE_QUERY against the source database",
+            ) from exc
         try:
             streams = streams_from_rows(rows)
         except RowError as exc:
@@ -195,11 +202,11 @@ class CatalogSync:
         except SyncRefused as exc:
             self._failed(str(exc), exc.fix)
             return None
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.Error, OSError) as exc:  # the source was read; the catalog's store failed
             self._failed(
-                f"the stream source cannot be read: {type(exc).__name__}: {exc}".strip(),
-                "check STREAMS_SOURCE_DSN (host, port, database, user, password) and "
-                "STREAMS_SOURCE_QUERY against the source database",
+                f"the catalog could not be written: {type(exc).__name__}: {exc}".strip(),
+                "the orchestrator's own PostgreSQL is failing (see GET /health); the next "
+                "round tries again",
             )
             return None
         self.last_report, self.last_error = report, None
