@@ -70,6 +70,7 @@ class ServerProcess:
                 if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
                     return
             time.sleep(0.1)
+        self.kill()
         raise AssertionError(f"server not ready within {READY_TIMEOUT} s:\n{self.tail()}")
 
     def kill(self) -> None:

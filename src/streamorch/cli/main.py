@@ -15,6 +15,7 @@ import typer
 from streamorch.cli import admin as admin_cli
 from streamorch.cli import doctor as doctor_cli
 from streamorch.cli import services as services_cli
+from streamorch.cli import simulate as simulate_cli
 from streamorch.cli import worker as worker_cli
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ app.add_typer(config_app, name="config")
 app.command("doctor")(doctor_cli.doctor)
 admin_cli.register(app)  # streams …, workers …, status, events
 app.command("worker")(worker_cli.worker)
+app.command("simulate")(simulate_cli.simulate)
 
 
 def load(*, log: bool = True) -> Settings:
