@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # alive. One idle for longer, which a restart or an idle timeout may have cut, is
 # tested first.
 CHECK_AFTER_IDLE_S = 1.0
+RECONNECT_GIVE_UP_S = 2.0
 _returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection, float] = (
     weakref.WeakKeyDictionary()
 )
@@ -114,6 +115,12 @@ class DatabaseManager:
             # replaced at checkout instead of failing the request that got it.
             check=_check_if_idle,
             reset=_note_returned,
+            # The pool retries a lost connection after 1, 2, 4, 8 … s, so after a long
+            # outage it would come back up to that long after PostgreSQL did. Giving up
+            # early instead lets the next request that finds the pool empty open a
+            # connection at once (the pool grows on demand), so recovery follows
+            # PostgreSQL's return within one health probe.
+            reconnect_timeout=RECONNECT_GIVE_UP_S,
         )
         try:
             await pool.open(wait=True, timeout=self.settings.db_timeout)

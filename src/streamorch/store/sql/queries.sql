@@ -39,7 +39,7 @@ DELETE FROM streams WHERE key = ANY (%(keys)s::text[]) RETURNING key;
 -- name: revoke_deleted
 -- Deleted streams keep their assignment row until the owner stopped them (I1).
 UPDATE assignments
-   SET state = 'revoking', revoked_at = now(), target_id = NULL, reason = 'deleted'
+   SET state = 'revoking', revoked_at = clock_timestamp(), target_id = NULL, reason = 'deleted'
  WHERE stream_key = ANY (%(keys)s::text[]) AND state = 'granted'
 RETURNING stream_key, worker_id;
 
@@ -285,8 +285,10 @@ SELECT k, w, nextval('fencing_tokens'), r
 RETURNING stream_key, worker_id, token;
 
 -- name: apply_revokes
+-- revoked_at is the moment of the revoke, not the pass's start (now()): a heartbeat
+-- that began while the pass ran must not count as a report made after the revoke.
 UPDATE assignments a
-   SET state = 'revoking', revoked_at = now(), target_id = t.target, reason = t.reason
+   SET state = 'revoking', revoked_at = clock_timestamp(), target_id = t.target, reason = t.reason
   FROM unnest(%(keys)b::text[], %(targets)b::text[]::uuid[], %(reasons)b::text[])
        AS t(k, target, reason)
  WHERE a.stream_key = t.k AND a.state = 'granted'
