@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # API tokens; unset means no authentication.
     worker_token: SecretStr | None = _env("STREAMORCH_WORKER_TOKEN")
     admin_token: SecretStr | None = _env("STREAMORCH_ADMIN_TOKEN")
+    # /health/detailed and /metrics without a token even when the admin token is set,
+    # e.g. for a scraper on a private network that cannot send credentials.
+    diagnostics_public: bool = _env("DIAGNOSTICS_PUBLIC", default=False, example="true")
 
     # Catalog sync from another database (core/catalog_sync.py); off while the DSN is unset.
     streams_source_dsn: SecretStr | None = _env(

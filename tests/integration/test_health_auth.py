@@ -1,4 +1,5 @@
-"""/health/detailed and /metrics follow the admin rule; /health and /ready need no token."""
+"""/health/detailed and /metrics follow the admin rule unless DIAGNOSTICS_PUBLIC; /health and
+/ready need no token."""
 
 from __future__ import annotations
 
@@ -25,3 +26,25 @@ async def test_metrics_and_diagnostics_need_the_admin_token(api, path):
     admin = await api.get(path, headers={"Authorization": "Bearer admin-secret"})
     assert admin.status_code == 200
     assert (await api.get("/health")).status_code == 200
+
+
+async def test_diagnostics_can_be_made_public_without_opening_the_rest(
+    make_settings, postgres_server, database, redis_url
+):
+    import httpx
+
+    from streamorch.api.app import create_app
+
+    settings = make_settings(
+        DATABASE_URL=postgres_server.url(database),
+        REDIS_URL=redis_url,
+        STREAMORCH_ADMIN_TOKEN="admin-secret",
+        DIAGNOSTICS_PUBLIC="true",
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://o") as client:
+            assert (await client.get("/metrics")).status_code == 200
+            assert (await client.get("/health/detailed")).status_code == 200
+            assert (await client.get("/v1/workers")).status_code == 401

@@ -40,6 +40,12 @@ async def require_admin(request: Request) -> None:
         raise _denied("an admin token")
 
 
+async def require_diagnostics(request: Request) -> None:
+    """/health/detailed and /metrics: the admin rule, unless DIAGNOSTICS_PUBLIC."""
+    if not request.app.state.runtime.settings.diagnostics_public:
+        await require_admin(request)
+
+
 async def require_worker(request: Request) -> None:
     settings = request.app.state.runtime.settings
     admin, worker = _secret(settings.admin_token), _secret(settings.worker_token)

@@ -197,7 +197,7 @@ def _redis_state(rt: Runtime) -> health.Check:
     return {**last, "details": {**last["details"], "checked_s_ago": age}}
 
 
-@router.get("/health/detailed", dependencies=[Depends(deps.require_admin)])
+@router.get("/health/detailed", dependencies=[Depends(deps.require_diagnostics)])
 async def get_health_detailed(request: Request) -> JSONResponse:
     rt = _runtime(request)
     internals: Any = {"error": "orchestrator internals unavailable: PostgreSQL is down"}
@@ -333,7 +333,7 @@ def _advice(rt: Runtime, body: dict[str, Any]) -> tuple[list[str], list[str]]:
     return warnings, list(dict.fromkeys(advice))
 
 
-@router.get("/metrics", dependencies=[Depends(deps.require_admin)])
+@router.get("/metrics", dependencies=[Depends(deps.require_diagnostics)])
 async def get_metrics(request: Request) -> Response:
     rt = _runtime(request)
     assert rt.metrics is not None
