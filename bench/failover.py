@@ -338,7 +338,11 @@ def analyse(
     assigned: dict[str, float] = {}
     expired_late: list[float] = []  # pass that expired the worker − its lease end
     for e in all_events(client, since_event):
-        if e["kind"] == "assigned" and e["stream"] in owner_of and e["stream"] not in assigned:
+        if (
+            e["kind"] in ("assigned", "moved")
+            and e["stream"] in owner_of
+            and e["stream"] not in assigned
+        ):
             assigned[e["stream"]] = epoch(e["at"])
         elif e["kind"] == "worker_expired" and e["worker"] in last_beat:
             expired_late.append(epoch(e["at"]) - last_beat[e["worker"]] - ttl)

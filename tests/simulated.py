@@ -718,7 +718,7 @@ async def all_events(client: httpx.AsyncClient, *, page: int = 1000) -> list[dic
 def ownership_violations(events: Sequence[dict[str, Any]]) -> list[str]:
     """Replay assigned/revoked/stopped per stream: a grant while another still owns it is I1.
 
-    A stream is owned from its `assigned` until its owner's `stopped`, or a `revoked`
+    A stream is owned from its `assigned` (or `moved`) until its owner's `stopped`, or a `revoked`
     whose reason ends ownership at once (lease expired, forced removal, a registration
     after the lease). Other revokes (rebalance, drain, deleted, ...) leave it owned —
     it still runs there — until the `stopped`.
@@ -729,7 +729,7 @@ def ownership_violations(events: Sequence[dict[str, Any]]) -> list[str]:
         stream, worker, kind = e["stream"], e["worker_id"], e["kind"]
         if stream is None:
             continue
-        if kind == "assigned":
+        if kind in ("assigned", "moved"):
             if stream in owner:
                 found.append(
                     f"event {e['id']}: {stream} assigned to {e['worker']} while still owned by "

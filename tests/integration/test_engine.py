@@ -162,9 +162,10 @@ async def test_fleet_places_fails_over_rebalances_and_drains(api):
             assert kinds == [
                 ("revoked", revoke["worker"]),
                 ("stopped", revoke["worker"]),
-                ("assigned", newcomer.name),
+                ("moved", newcomer.name),
             ], kinds
             assert trail[0]["details"]["target"] == newcomer.worker_id
+            assert trail[2]["details"]["from"] == trail[0]["worker_id"]
         assert len(newcomer.running) in (49, 50, 51)
         assert {r.stream for r in journal.since(since, "start")} == {e["stream"] for e in moved}
 
@@ -193,6 +194,7 @@ async def test_fleet_places_fails_over_rebalances_and_drains(api):
         drain_revokes = [e for e in events if e["kind"] == "revoked"]
         assert {e["reason"] for e in drain_revokes} == {"drain"}
         assert {e["worker"] for e in drain_revokes} == {drained.name}
+        assert [e["worker"] for e in events if e["kind"] == "drained"] == [drained.name]
         await drained.stop()
         response = await api.delete(f"/v1/workers/{drained.worker_id}")
         assert response.status_code == 204, response.text

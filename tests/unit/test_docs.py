@@ -1,4 +1,4 @@
-"""The reference documentation names every setting and every exit code."""
+"""The reference documentation names every setting, exit code, problem code and event kind."""
 
 from __future__ import annotations
 
@@ -39,3 +39,16 @@ def test_every_problem_code_is_in_the_troubleshooting_guide():
     guide = (DOCS / "troubleshooting.md").read_text()
     missing = sorted(code for code in codes if f"`{code}`" not in guide)
     assert missing == []
+
+
+def test_every_event_kind_is_documented():
+    import re
+
+    source = (Path(__file__).parents[2] / "src" / "streamorch" / "store").rglob("*.py")
+    text = "\n".join(path.read_text() for path in source)
+    kinds = set(re.findall(r'Event\(\s*"([a-z_]+)"', text))
+    kinds |= set(re.findall(r'"([a-z_]+)" if created else "([a-z_]+)"', text)[0])
+    kinds |= set(re.findall(r'"kinds": \["([a-z_]+)"\]', text))
+    assert {"assigned", "moved", "drained", "stream_updated", "revoked"} <= kinds
+    reference = (DOCS / "reference" / "events.md").read_text()
+    assert sorted(k for k in kinds if f"| `{k}` |" not in reference) == []

@@ -347,7 +347,10 @@ class EngineStore:
                     code="worker_not_live",
                 )
             if row[2] != "draining":
-                await self._events(conn, [Event("drain_started", None, worker_id, "requested")])
+                events = [Event("drain_started", None, worker_id, "requested")]
+                if int(row[3]) == 0:
+                    events.append(Event("drained", None, worker_id, "drain_complete"))
+                await self._events(conn, events)
                 await self._bump_generation(conn)
 
     @retry_conflicts
@@ -481,8 +484,16 @@ class EngineStore:
             cur = await conn.execute(sql("finish_moves"))
             finished = await cur.fetchall()
             preferred = {k: str(t) for k, _, t, _ in finished if t is not None}
+            moved_from = {k: str(w) for k, w, _, _ in finished}
             events += [Event("stopped", k, w, reason) for k, w, _, reason in finished]
             result.finished = len(finished)
+            if finished:
+                cur = await conn.execute(
+                    sql("drained_workers"), {"ids": list({str(w) for _, w, _, _ in finished})}
+                )
+                events += [
+                    Event("drained", None, w, "drain_complete") for (w,) in await cur.fetchall()
+                ]
 
             cur = await conn.execute(sql("generation"))
             generation = int((await cur.fetchone())[0])
@@ -494,7 +505,7 @@ class EngineStore:
                     plan = placement.plan(snapshot, policy)
                 result.planned = True
                 result.plan = plan
-                touched |= await self._apply(conn, plan, events)
+                touched |= await self._apply(conn, plan, events, moved_from)
             await self._events(conn, events)
             result.touched = await self._touch(conn, touched)
             await self._stamp_revokes(conn, [r.stream for r in result.plan.revokes])
@@ -503,7 +514,13 @@ class EngineStore:
             await conn.execute(sql("note_pass"))  # last: see the query's comment
         return result
 
-    async def _apply(self, conn: psycopg.AsyncConnection, plan: Plan, events: list[Event]) -> set:
+    async def _apply(
+        self,
+        conn: psycopg.AsyncConnection,
+        plan: Plan,
+        events: list[Event],
+        moved_from: dict[str, str],
+    ) -> set:
         touched: set[Any] = set()
         if plan.revokes:
             cur = await conn.execute(
@@ -532,7 +549,11 @@ class EngineStore:
             )
             reasons = {g.stream: g.reason for g in plan.grants}
             for key, worker, token in await cur.fetchall():
-                events.append(Event("assigned", key, worker, reasons[key], {"token": token}))
+                if reasons[key] == "moved":  # the second half of a move: revoked, stopped, moved
+                    details = {"token": token, "from": moved_from.get(key)}
+                    events.append(Event("moved", key, worker, "moved", details))
+                else:
+                    events.append(Event("assigned", key, worker, reasons[key], {"token": token}))
                 touched.add(worker)
         return touched
 

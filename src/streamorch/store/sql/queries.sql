@@ -253,6 +253,12 @@ DELETE FROM assignments a USING workers w
             ELSE w.last_heartbeat > a.revoked_at END
 RETURNING a.stream_key, a.worker_id, a.target_id, a.reason;
 
+-- name: drained_workers
+-- Draining workers among these that own nothing any more: their drain is complete.
+SELECT w.id FROM workers w
+ WHERE w.id = ANY (%(ids)s::uuid[]) AND w.status = 'draining'
+   AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.worker_id = w.id);
+
 -- name: stamp_revokes
 -- Run after the version bump of the same transaction: the owner's version now is the
 -- first one whose desired set lacks these streams.
