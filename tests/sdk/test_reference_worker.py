@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 
 from streamorch.client import AdminClient, Assignment
 from streamorch.client.supervisor import command_for
+from tests.conftest import PostgresServer
 from tests.e2e.harness import ROOT
 from tests.sdk.conftest import ServerProcess
 from tests.sdk.helpers import create_streams
@@ -75,8 +77,15 @@ def start_worker(server: ServerProcess, tmp_path: Path) -> Iterator:
             proc.wait(timeout=10)
 
 
+def reported_restarts(postgres_server: PostgresServer, database: str, name: str) -> int:
+    """`restarts` from the worker's last heartbeat metrics, as the server stored them."""
+    with psycopg.connect(postgres_server.conninfo(database)) as conn:
+        row = conn.execute("SELECT metrics FROM workers WHERE name = %s", (name,)).fetchone()
+    return int(row[0].get("restarts", 0)) if row else 0
+
+
 async def test_children_start_restart_stop_and_die_with_the_worker(
-    server: ServerProcess, start_worker
+    server: ServerProcess, start_worker, postgres_server: PostgresServer, database: str
 ) -> None:
     async with AdminClient(server.url) as admin:
         await create_streams(admin, ["s1", "s2"])
@@ -90,6 +99,10 @@ async def test_children_start_restart_stop_and_die_with_the_worker(
             lambda: children(worker).get("s1") not in (None, first["s1"]), what="s1 restarted"
         )
         assert children(worker)["s2"] == first["s2"]  # the other one was left alone
+        await wait_until(
+            lambda: reported_restarts(postgres_server, database, "rw") == 1,
+            what="the restart reported in the heartbeat metrics",
+        )
 
         await admin.delete_stream("s2")  # a revoke: SIGTERM, the child is gone
         await wait_until(lambda: not alive(first["s2"]), what="s2 stopped")
