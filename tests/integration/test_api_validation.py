@@ -155,6 +155,30 @@ async def test_malformed_json_is_a_422(api):
     assert response.json()["error"]["code"] == "invalid_input"
 
 
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"{not json", "invalid json"),
+        (b"[1, 2]", "should be an object"),
+        (b'{"incarnation": 1, "running": ["ok", "bad key!"]}', "running[1]"),
+        (b'{"incarnation": 0}', "incarnation"),
+    ],
+)
+async def test_heartbeat_bodies_are_validated_like_every_other(api, content, fragment):
+    # The heartbeat is served outside FastAPI's request handling (the hot path), so its
+    # validation is checked on its own.
+    worker = (await api.post("/v1/workers/register", json={"name": "w1"})).json()
+    response = await api.post(
+        f"/v1/workers/{worker['worker_id']}/heartbeat",
+        content=content,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input"
+    assert fragment in error["message"].lower()
+
+
 async def test_oversized_body_is_a_413(api):
     response = await api.put("/v1/streams/ok", json={"url": "x" * (2 * 2**20)})
     assert response.status_code == 413
