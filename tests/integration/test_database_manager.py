@@ -113,3 +113,29 @@ async def test_server_stopped_under_the_pool(make_settings):
         assert not db.is_open
     finally:
         services.stop()
+
+
+async def test_unprepared_connections_plan_every_statement_with_its_values(settings):
+    # Bulk changes and reconcile passes pass arrays of any size; a prepared statement
+    # may settle on a generic plan, which for `= ANY(<huge array>)` is a linear search.
+    async with DatabaseManager(endpoints.postgres_target(settings), settings) as db:
+        query = "SELECT count(*) FROM cluster WHERE cluster_id::text = ANY(%(ids)s::text[])"
+
+        async def prepared_after_runs(prepared: bool) -> int:
+            async with db.connection(prepared=prepared) as conn:
+                for _ in range(8):  # past psycopg's prepare threshold (5)
+                    await conn.execute(query, {"ids": ["x"]})
+                cur = await conn.execute(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%ANY%'"
+                )
+                return (await cur.fetchone())[0]
+
+        assert await prepared_after_runs(prepared=False) == 0
+        assert await prepared_after_runs(prepared=True) == 1
+        async with db.connection() as conn:
+            assert conn.prepare_threshold is not None  # restored for the next user
+            cur = await conn.execute("SHOW plan_cache_mode")
+            assert (await cur.fetchone())[0] == "auto"
+        async with db.heartbeat_connection() as conn:  # only the heartbeat statement's
+            cur = await conn.execute("SHOW plan_cache_mode")
+            assert (await cur.fetchone())[0] == "force_generic_plan"

@@ -46,13 +46,18 @@ _returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection, float] = (
 )
 
 
-async def _configure(conn: psycopg.AsyncConnection) -> None:
-    # Statements psycopg prepares (the ones run over and over) keep one generic plan.
-    # Left to choose, PostgreSQL re-plans the batched heartbeat for every call, since
-    # the array sizes make each custom plan look cheaper than the generic one; planning
-    # then costs more than running it (bench/heartbeat.py: PostgreSQL CPU per heartbeat
-    # -30 %, sustained rate at p99 ≤ 20 ms 500/s → 1,000/s). One-off statements are
-    # not prepared and are planned with their values as before.
+# Connections of their own for the batched heartbeat statement (store/heartbeats.py
+# writes at most this many batches at once).
+HEARTBEAT_CONNECTIONS = 2
+
+
+async def _generic_plans(conn: psycopg.AsyncConnection) -> None:
+    # Left to choose, PostgreSQL re-plans the batched heartbeat for every call (each
+    # custom plan looks cheaper than the generic one for its array sizes), and planning
+    # costs more than running it: with one generic plan, PostgreSQL CPU per heartbeat
+    # -30 % (bench/heartbeat.py). Only on the heartbeat connections: for any statement
+    # with `= ANY(<array parameter>)`, a generic plan searches the array row by row
+    # instead of hashing it (a catalog replace of 100,000 streams: 6 s → 195 s).
     await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
@@ -76,6 +81,7 @@ class DatabaseManager:
         self.target = target
         self.settings = settings
         self._pool: AsyncConnectionPool | None = None
+        self._heartbeat_pool: AsyncConnectionPool | None = None
 
     @property
     def pool(self) -> AsyncConnectionPool:
@@ -105,6 +111,13 @@ class DatabaseManager:
         async for attempt in retrying:
             with attempt:
                 self._pool = await self._open_pool()
+        try:
+            self._heartbeat_pool = await self._new_pool(
+                "streamorch-heartbeats", 1, HEARTBEAT_CONNECTIONS, configure=_generic_plans
+            )
+        except BaseException:
+            await self.close_connection_safely()
+            raise
 
     async def _open_pool(self) -> AsyncConnectionPool:
         # One direct connection first: it fails with the real cause (a pool only
@@ -113,17 +126,24 @@ class DatabaseManager:
         if not probe.ok:
             assert probe.problem is not None
             raise ServiceError("postgresql", probe.problem)
+        return await self._new_pool(
+            "streamorch", self.settings.db_pool_min_size, self.settings.db_pool_max_size
+        )
+
+    async def _new_pool(
+        self, name: str, min_size: int, max_size: int, configure=None
+    ) -> AsyncConnectionPool:
         pool = AsyncConnectionPool(
             self.target.conninfo,
-            min_size=self.settings.db_pool_min_size,
-            max_size=self.settings.db_pool_max_size,
+            min_size=min_size,
+            max_size=max_size,
             timeout=self.settings.db_timeout,
             kwargs={"autocommit": True, "connect_timeout": max(2, round(self.settings.db_timeout))},
             open=False,
-            name="streamorch",
+            name=name,
+            configure=configure,
             # A connection the server dropped (restart, failover, idle kill) is
             # replaced at checkout instead of failing the request that got it.
-            configure=_configure,
             check=_check_if_idle,
             reset=_note_returned,
             # The pool retries a lost connection after 1, 2, 4, 8 … s, so after a long
@@ -141,8 +161,28 @@ class DatabaseManager:
         return pool
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+    async def connection(self, *, prepared: bool = True) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pooled connection. `prepared=False` for work that runs now and then with
+        arrays of any size (bulk changes, reconcile passes): psycopg then never prepares
+        its statements, so PostgreSQL plans each with its actual values. Once prepared,
+        PostgreSQL may settle on a generic plan, and for `key = ANY(<100,000 keys>)`
+        that plan searches the array row by row instead of hashing it."""
         async with self.pool.connection() as conn:
+            if prepared:
+                yield conn
+                return
+            threshold, conn.prepare_threshold = conn.prepare_threshold, None
+            try:
+                yield conn
+            finally:
+                conn.prepare_threshold = threshold
+
+    @asynccontextmanager
+    async def heartbeat_connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A connection of the heartbeat pool (generic plans; see `_generic_plans`)."""
+        if self._heartbeat_pool is None:
+            raise StoreError("the database pool is not open; call connect_with_retry() first")
+        async with self._heartbeat_pool.connection() as conn:
             yield conn
 
     async def verify_connection(self, timeout: float = 2.0) -> ProbeResult:
@@ -176,13 +216,17 @@ class DatabaseManager:
             return await migrations.current_version(conn)
 
     async def close_connection_safely(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            await pool.close(timeout=5.0)
-        except Exception:
-            log.exception("closing the database pool failed", extra={"action": "db_close_failed"})
+        pools = [self._heartbeat_pool, self._pool]
+        self._heartbeat_pool = self._pool = None
+        for pool in pools:
+            if pool is None:
+                continue
+            try:
+                await pool.close(timeout=5.0)
+            except Exception:
+                log.exception(
+                    "closing the database pool failed", extra={"action": "db_close_failed"}
+                )
 
     async def __aenter__(self) -> DatabaseManager:
         await self.connect_with_retry()

@@ -21,14 +21,14 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from streamorch.store.database import DatabaseManager
+from streamorch.store.database import HEARTBEAT_CONNECTIONS, DatabaseManager
 from streamorch.store.queries import sql
 from streamorch.store.retry import retry_conflicts
 
 # Enough to amortise a statement; small enough that one batch stays a short transaction.
 MAX_BATCH = 128
-# Batches written at the same time: keeps the pool free for everything else.
-MAX_IN_FLIGHT = 2
+# Batches written at the same time, each on a connection of the heartbeat pool.
+MAX_IN_FLIGHT = HEARTBEAT_CONNECTIONS
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class HeartbeatBatcher:
 
     @retry_conflicts
     async def _execute(self, beats: list[Beat]) -> dict[uuid.UUID, dict[str, Any]]:
-        async with self.db.connection() as conn:
+        async with self.db.heartbeat_connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql("heartbeats"), batch_params(beats))
             return {row["id"]: row for row in await cur.fetchall()}

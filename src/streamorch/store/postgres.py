@@ -166,7 +166,7 @@ class EngineStore:
 
     @retry_conflicts
     async def delete_stream(self, key: str) -> set[str]:
-        async with self.db.connection() as conn, conn.transaction():
+        async with self.db.connection(prepared=False) as conn, conn.transaction():
             cur = await conn.execute(sql("delete_streams"), {"keys": [key]})
             if await cur.fetchone() is None:
                 raise NotFound("stream", key)
@@ -192,7 +192,7 @@ class EngineStore:
         """Upsert every spec; with mode `replace`, delete streams not listed. All or nothing."""
         counts = {"created": 0, "updated": 0, "deleted": 0}
         touched: set[str] = set()
-        async with self.db.connection() as conn, conn.transaction():
+        async with self.db.connection(prepared=False) as conn, conn.transaction():
             for chunk in _chunks(list(specs), 20_000):
                 cur = await conn.execute(
                     sql("bulk_upsert_streams"),
@@ -442,7 +442,7 @@ class EngineStore:
     ) -> PassResult:
         """One pass, one transaction; skipped if another replica holds the lock (I7)."""
         result = PassResult()
-        async with self.db.connection() as conn, conn.transaction():
+        async with self.db.connection(prepared=False) as conn, conn.transaction():
             cur = await conn.execute(sql("reconcile_lock"), {"key": RECONCILE_LOCK_KEY})
             row = await cur.fetchone()
             if not row or not row[0]:
