@@ -306,14 +306,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 proc.kill()
         result["server_log_tail"] = server.log(5)
     every = sorted(x for r in result["rounds"] for x in r["samples"])
+    granted = sorted(x for r in result["rounds"] for x in r["event_samples"])
     for r in result["rounds"]:
-        del r["samples"]
+        del r["samples"], r["event_samples"]
     result["overall"] = {
         "streams": len(every),
         "p50_s": round(percentile(every, 50), 2),
         "p99_s": round(percentile(every, 99), 2),
         "max_s": round(every[-1], 2) if every else None,
         "goal_met": bool(every) and percentile(every, 99) <= goal_s,
+        # The goal's own measure: last heartbeat → granted elsewhere (the `assigned` event).
+        "granted_p50_s": round(percentile(granted, 50), 2),
+        "granted_p99_s": round(percentile(granted, 99), 2),
+        "granted_goal_met": bool(granted) and percentile(granted, 99) <= goal_s,
     }
     return result
 
@@ -376,6 +381,7 @@ def analyse(
         "after_commit_p99_s": round(percentile(after_commit, 99), 2),
         "early": sum(1 for x in samples if x < ttl),  # before the lease expired: I1 broken
         "samples": samples,
+        "event_samples": by_event,
     }
 
 
@@ -406,9 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
     else:
         o = result["overall"]
+        goal = f"goal p99 ≤ {result['goal_s']:g} s"
         print(
-            f"summary: {o['streams']} streams failed over: p50 {o['p50_s']} s, p99 "
-            f"{o['p99_s']} s, max {o['max_s']} s (goal p99 ≤ {result['goal_s']:g} s: "
+            f"summary: {o['streams']} streams failed over; granted elsewhere p50 "
+            f"{o['granted_p50_s']} s, p99 {o['granted_p99_s']} s ({goal}: "
+            f"{'met' if o['granted_goal_met'] else 'MISSED'}); in a survivor's answer p50 "
+            f"{o['p50_s']} s, p99 {o['p99_s']} s, max {o['max_s']} s ({goal}: "
             f"{'met' if o['goal_met'] else 'MISSED'})"
         )
     return 0

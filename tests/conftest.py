@@ -201,13 +201,7 @@ def engine_settings(
 @pytest.fixture
 async def api(engine_settings: Settings):
     """An httpx client on the real app (lifespan run: pool, reconciler, notifier)."""
-    import httpx
+    from tests.asgi import serving
 
-    from streamorch.api.app import create_app
-
-    app = create_app(engine_settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://orchestrator") as c:
-            c.app = app  # type: ignore[attr-defined]
-            yield c
+    async with serving(engine_settings) as client:
+        yield client

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from streamorch.core.catalog_sync import CatalogSync, SyncReport
+from tests.asgi import serving
 from tests.conftest import FAST_ENGINE
 from tests.simulated import wait_until
 
@@ -37,9 +38,6 @@ def execute(dsn: str, statement: str, params=None) -> None:
 
 @pytest.fixture
 async def synced_api(make_settings, postgres_server, database, redis_url, source):
-    import httpx
-
-    from streamorch.api.app import create_app
 
     settings = make_settings(
         DATABASE_URL=postgres_server.url(database),
@@ -49,12 +47,8 @@ async def synced_api(make_settings, postgres_server, database, redis_url, source
         STREAMS_SOURCE_QUERY="SELECT id, url, weight FROM streams WHERE status = 'active'",
         **FAST_ENGINE,
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://orchestrator") as c:
-            c.app = app  # type: ignore[attr-defined]
-            yield c
+    async with serving(settings) as client:
+        yield client
 
 
 async def catalog(api) -> dict[str, dict]:

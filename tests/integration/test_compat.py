@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.asgi import serving
 from tests.conftest import FAST_ENGINE
 from tests.simulated import Journal, Record, all_events, ownership_violations, wait_until
 
@@ -154,21 +155,14 @@ async def api(make_settings, postgres_server, database, redis_url):
     """The app with fast timings but a lease long enough that a loaded machine does not
     expire instances that are alive: the original protocol has no self-fencing, so an
     expired instance that still runs its streams would show as an overlap."""
-    import httpx
-
-    from streamorch.api.app import create_app
 
     settings = make_settings(
         DATABASE_URL=postgres_server.url(database),
         REDIS_URL=redis_url,
         **{**FAST_ENGINE, "LEASE_TTL": "4"},
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://orchestrator") as c:
-            c.app = app  # type: ignore[attr-defined]
-            yield c
+    async with serving(settings) as client:
+        yield client
 
 
 @pytest.fixture
@@ -419,23 +413,16 @@ async def test_invalid_bodies_get_422_saying_what_is_wrong(api, path, body, wher
 async def test_with_tokens_instances_need_the_worker_token(
     make_settings, postgres_server, database, redis_url
 ):
-    import httpx
-
-    from streamorch.api.app import create_app
-
     settings = make_settings(
         DATABASE_URL=postgres_server.url(database),
         REDIS_URL=redis_url,
         STREAMORCH_WORKER_TOKEN="w-secret",
     )
-    app = create_app(settings)
     body = {"server_id": "inst-a", "ip": "10.0.0.7", "port": 8080, "max_streams": 5}
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://o") as client:
-            denied = await client.post("/register", json=body)
-            assert denied.status_code == 401
-            assert denied.json()["error"]["code"] == "unauthorized"
-            headers = {"Authorization": "Bearer w-secret"}
-            assert (await client.post("/register", json=body, headers=headers)).status_code == 201
-            assert (await client.get("/instances", headers=headers)).status_code == 200
+    async with serving(settings) as client:
+        denied = await client.post("/register", json=body)
+        assert denied.status_code == 401
+        assert denied.json()["error"]["code"] == "unauthorized"
+        headers = {"Authorization": "Bearer w-secret"}
+        assert (await client.post("/register", json=body, headers=headers)).status_code == 201
+        assert (await client.get("/instances", headers=headers)).status_code == 200

@@ -11,32 +11,21 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextlib import asynccontextmanager
 
 import anyio
 import httpx
 import psycopg
 import pytest
 
-from streamorch.api.app import create_app
 from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 from streamorch.store import migrations
+from tests.asgi import serving
 from tests.conftest import FAST_ENGINE
 from tests.simulated import Fleet, all_events, wait_until
 
 pytestmark = pytest.mark.anyio
 
 KEYS = {"s1", "s2", "s3", "s4"}
-
-
-@asynccontextmanager
-async def serving(settings):
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://o") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
 
 
 async def status_of(client: httpx.AsyncClient, path: str) -> tuple[int, dict]:

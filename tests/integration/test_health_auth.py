@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.asgi import serving
+
 pytestmark = pytest.mark.anyio
 
 
@@ -31,20 +33,13 @@ async def test_metrics_and_diagnostics_need_the_admin_token(api, path):
 async def test_diagnostics_can_be_made_public_without_opening_the_rest(
     make_settings, postgres_server, database, redis_url
 ):
-    import httpx
-
-    from streamorch.api.app import create_app
-
     settings = make_settings(
         DATABASE_URL=postgres_server.url(database),
         REDIS_URL=redis_url,
         STREAMORCH_ADMIN_TOKEN="admin-secret",
         DIAGNOSTICS_PUBLIC="true",
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://o") as client:
-            assert (await client.get("/metrics")).status_code == 200
-            assert (await client.get("/health/detailed")).status_code == 200
-            assert (await client.get("/v1/workers")).status_code == 401
+    async with serving(settings) as client:
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.get("/health/detailed")).status_code == 200
+        assert (await client.get("/v1/workers")).status_code == 401
