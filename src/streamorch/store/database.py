@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -94,7 +94,7 @@ class DatabaseManager:
         return self._pool is not None
 
     async def connect_with_retry(self) -> None:
-        """Open the pool, retrying DB_MAX_RETRIES times with backoff and jitter."""
+        """Open the pools, retrying DB_MAX_RETRIES times with backoff and jitter."""
         if self._pool is not None:
             return
         retrying = AsyncRetrying(
@@ -131,7 +131,11 @@ class DatabaseManager:
         )
 
     async def _new_pool(
-        self, name: str, min_size: int, max_size: int, configure=None
+        self,
+        name: str,
+        min_size: int,
+        max_size: int,
+        configure: Callable[[psycopg.AsyncConnection], Awaitable[None]] | None = None,
     ) -> AsyncConnectionPool:
         pool = AsyncConnectionPool(
             self.target.conninfo,
