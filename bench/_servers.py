@@ -15,6 +15,7 @@ PostgreSQL, kills whatever is left in the directory and removes it.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -23,9 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 import psutil
@@ -253,3 +256,28 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return float("nan")
     rank = min(len(sorted_values), max(1, math.ceil(q / 100 * len(sorted_values))))
     return sorted_values[rank - 1]
+
+
+def run_bench(
+    measure: Callable[[], dict[str, Any]],
+    report: Callable[[dict[str, Any]], None],
+    *,
+    as_json: bool,
+) -> int:
+    """Run a benchmark; `report` its result for people, or print it as JSON.
+
+    With `as_json`, progress goes to stderr so that stdout is the JSON document alone.
+    Returns the exit code: 1 when the benchmark failed.
+    """
+    progress = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    try:
+        with progress:
+            result = measure()
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        report(result)
+    return 0

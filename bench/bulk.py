@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _servers import BenchError, Server, Stack, machine
+from _servers import BenchError, Server, Stack, machine, run_bench
 
 GOAL_S = 10.0
 
@@ -158,27 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    # With --json, progress goes to stderr so that stdout is the JSON document alone.
-    progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    try:
-        with progress:
-            result = measure(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        s = result["summary"]
-        print(
-            f"summary ({result['body_mb']} MB body): "
-            + ", ".join(
-                f"{name} {v['min_s']:.2f} / {v['median_s']:.2f} / {v['max_s']:.2f} s"
-                for name, v in s.items()
-            )
-            + f" — goal ≤ {GOAL_S:g} s for create: {'met' if result['goal_met'] else 'MISSED'}"
+    return run_bench(lambda: measure(args), report, as_json=args.json)
+
+
+def report(result: dict[str, Any]) -> None:
+    s = result["summary"]
+    print(
+        f"summary ({result['body_mb']} MB body): "
+        + ", ".join(
+            f"{name} {v['min_s']:.2f} / {v['median_s']:.2f} / {v['max_s']:.2f} s"
+            for name, v in s.items()
         )
-    return 0
+        + f" — goal ≤ {GOAL_S:g} s for create: {'met' if result['goal_met'] else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import multiprocessing as mp
 import random
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _servers import BenchError, Stack, machine, percentile
+from _servers import BenchError, Stack, machine, percentile, run_bench
 
 URL = "http://radio.example/{}.mp3"
 CONVERGE_TIMEOUT_S = 120.0
@@ -400,27 +399,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.workers - args.kill * args.rounds) * args.capacity < args.streams:
         parser.error("the survivors could not hold every stream: raise --capacity")
-    # With --json, progress goes to stderr so that stdout is the JSON document alone.
-    progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    try:
-        with progress:
-            result = measure(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        o = result["overall"]
-        goal = f"goal p99 ≤ {result['goal_s']:g} s"
-        print(
-            f"summary: {o['streams']} streams failed over; granted elsewhere p50 "
-            f"{o['granted_p50_s']} s, p99 {o['granted_p99_s']} s ({goal}: "
-            f"{'met' if o['granted_goal_met'] else 'MISSED'}); in a survivor's answer p50 "
-            f"{o['p50_s']} s, p99 {o['p99_s']} s, max {o['max_s']} s ({goal}: "
-            f"{'met' if o['goal_met'] else 'MISSED'})"
-        )
-    return 0
+    return run_bench(lambda: measure(args), report, as_json=args.json)
+
+
+def report(result: dict[str, Any]) -> None:
+    o = result["overall"]
+    goal = f"goal p99 ≤ {result['goal_s']:g} s"
+    print(
+        f"summary: {o['streams']} streams failed over; granted elsewhere p50 "
+        f"{o['granted_p50_s']} s, p99 {o['granted_p99_s']} s ({goal}: "
+        f"{'met' if o['granted_goal_met'] else 'MISSED'}); in a survivor's answer p50 "
+        f"{o['p50_s']} s, p99 {o['p99_s']} s, max {o['max_s']} s ({goal}: "
+        f"{'met' if o['goal_met'] else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

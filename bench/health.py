@@ -25,7 +25,6 @@ recovery ≤ 2 s.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -34,7 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
-from _servers import BenchError, Stack, machine, percentile
+from _servers import BenchError, Stack, machine, percentile, run_bench
 
 POLL_S = 0.01
 DEADLINE_S = 120.0
@@ -219,16 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     server_env = dict(item.split("=", 1) for item in args.server_env)
-    try:
-        result = run(args.requests, args.rounds, args.outage, server_env)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        report(result)
-    return 0
+    return run_bench(
+        lambda: run(args.requests, args.rounds, args.outage, server_env), report, as_json=args.json
+    )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _servers import BenchError, Stack, machine, percentile
+from _servers import BenchError, Stack, machine, percentile, run_bench
 
 from streamorch.store.heartbeats import Beat, batch_params
 from streamorch.store.queries import sql
@@ -512,34 +512,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE", help="run the server under cProfile")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    # With --json, progress goes to stderr so that stdout is the JSON document alone.
-    progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    try:
-        with progress:
-            result = measure(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    elif args.profile:
+    return run_bench(lambda: measure(args), report, as_json=args.json)
+
+
+def report(result: dict[str, Any]) -> None:
+    if "profile" in result:
         print("\n".join(result["profile"]))
-    else:
-        s = result["summary"]
-        goal = s["at_goal_rate"]
-        print(
-            f"summary: saturation {s['saturation_rate']:.0f}/s (closed loop, "
-            f"c={s['saturation_concurrency']}); sustained open-loop rate "
-            f"{s['max_sustained_rate']:g}/s; highest rate with p99 ≤ {GOAL_P99_MS:g} ms: "
-            f"{s['max_rate_with_p99_in_goal']:g}/s; at {GOAL_RATE:g}/s: "
-            + (
-                f"{goal['rate']:.0f}/s, p99 {goal['p99_ms']} ms"
-                if goal
-                else "not reached (saturated earlier)"
-            )
-            + f" — goal {'met' if s['goal_met'] else 'MISSED'}"
+        return
+    s = result["summary"]
+    goal = s["at_goal_rate"]
+    print(
+        f"summary: saturation {s['saturation_rate']:.0f}/s (closed loop, "
+        f"c={s['saturation_concurrency']}); sustained open-loop rate "
+        f"{s['max_sustained_rate']:g}/s; highest rate with p99 ≤ {GOAL_P99_MS:g} ms: "
+        f"{s['max_rate_with_p99_in_goal']:g}/s; at {GOAL_RATE:g}/s: "
+        + (
+            f"{goal['rate']:.0f}/s, p99 {goal['p99_ms']} ms"
+            if goal
+            else "not reached (saturated earlier)"
         )
-    return 0
+        + f" — goal {'met' if s['goal_met'] else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import math
 import resource
 import sys
@@ -49,7 +48,7 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _servers import BenchError, Stack, machine
+from _servers import BenchError, Stack, machine, run_bench
 
 from streamorch.config import load_settings
 from streamorch.domain import placement
@@ -363,29 +362,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.workers - args.workers // 10) * args.capacity < args.streams:
         parser.error("after 10% expire the others could not hold every stream: raise --capacity")
-    # With --json, progress goes to stderr so that stdout is the JSON document alone.
-    progress = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    try:
-        with progress:
-            result = measure(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        b = result["balance_after_join"]
-        print(
-            f"summary: no change {result['no change']['s']:.3f} s (planning skipped), "
-            f"{result['no change, planned']['s']:.3f} s planned (goal ≤ 0.5 s: "
-            f"{'met' if result['goals_met']['no_change_planned_s'] else 'MISSED'}); 10% expired "
-            f"{result['10% expired']['s']:.3f} s (goal ≤ 2 s: "
-            f"{'met' if result['goals_met']['expired_10pct_s'] else 'MISSED'}); peak RSS "
-            f"{result['peak_rss_mb']:.0f} MB (goal ≤ 500 MB: "
-            f"{'met' if result['goals_met']['peak_rss_mb'] else 'MISSED'}); balance after join: "
-            f"max/mean utilisation {b['max_over_mean']} (loads {b['min_load']}–{b['max_load']})"
-        )
-    return 0
+    return run_bench(lambda: measure(args), report, as_json=args.json)
+
+
+def report(result: dict[str, Any]) -> None:
+    b = result["balance_after_join"]
+    print(
+        f"summary: no change {result['no change']['s']:.3f} s (planning skipped), "
+        f"{result['no change, planned']['s']:.3f} s planned (goal ≤ 0.5 s: "
+        f"{'met' if result['goals_met']['no_change_planned_s'] else 'MISSED'}); 10% expired "
+        f"{result['10% expired']['s']:.3f} s (goal ≤ 2 s: "
+        f"{'met' if result['goals_met']['expired_10pct_s'] else 'MISSED'}); peak RSS "
+        f"{result['peak_rss_mb']:.0f} MB (goal ≤ 500 MB: "
+        f"{'met' if result['goals_met']['peak_rss_mb'] else 'MISSED'}); balance after join: "
+        f"max/mean utilisation {b['max_over_mean']} (loads {b['min_load']}–{b['max_load']})"
+    )
 
 
 if __name__ == "__main__":

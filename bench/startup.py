@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import signal
 import statistics
@@ -35,7 +34,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the process helpers are shared with the end-to-end tests
-from _servers import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from _servers import machine, run_bench  # noqa: E402  (bench/ is on sys.path when run as a script)
 from tests.e2e.harness import clean_env, free_port, processes_mentioning  # noqa: E402
 
 SCRIPT = ROOT / "start-orchestrator.sh"
@@ -190,16 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    try:
-        result = measure(args.runs)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0
+    return run_bench(lambda: measure(args.runs), print_table, as_json=args.json)
 
 
 if __name__ == "__main__":
