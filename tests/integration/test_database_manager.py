@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -20,6 +22,15 @@ def backend_count(postgres_server, dbname: str) -> int:
     return int(row[0])
 
 
+def backends_left(postgres_server, dbname: str, timeout: float = 5.0) -> int:
+    """The backend count once closed connections are gone: a backend exits a moment
+    after its client disconnects, so a count taken at once can still see it."""
+    deadline = time.monotonic() + timeout
+    while (count := backend_count(postgres_server, dbname)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
+
+
 async def test_open_use_and_close(settings, postgres_server, database):
     async with DatabaseManager(endpoints.postgres_target(settings), settings) as db:
         probe = await db.verify_connection()
@@ -27,7 +38,7 @@ async def test_open_use_and_close(settings, postgres_server, database):
         assert await db.schema_version() >= 1
         assert backend_count(postgres_server, database) >= settings.db_pool_min_size
     assert not db.is_open
-    assert backend_count(postgres_server, database) == 0
+    assert backends_left(postgres_server, database) == 0
 
 
 async def test_bad_password_is_a_clean_error_without_leak(make_settings, postgres_server, database):
@@ -40,7 +51,7 @@ async def test_bad_password_is_a_clean_error_without_leak(make_settings, postgre
     assert caught.value.problem.code == "postgres.auth_failed"
     assert not db.is_open
     await db.close_connection_safely()  # safe although nothing was opened
-    assert backend_count(postgres_server, database) == 0
+    assert backends_left(postgres_server, database) == 0
 
 
 async def test_unreachable_server_retries_then_fails(make_settings):
@@ -74,7 +85,7 @@ async def test_server_gone_mid_way_reports_and_closes(settings, postgres_server,
     assert probe.ok
     await db.close_connection_safely()
     await db.close_connection_safely()  # idempotent
-    assert backend_count(postgres_server, database) == 0
+    assert backends_left(postgres_server, database) == 0
 
 
 async def test_pool_use_before_open_is_a_store_error(settings):
