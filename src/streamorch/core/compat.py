@@ -134,7 +134,7 @@ class Compat:
             running=sorted(set(reported) | set(pending)),
             draining=status.lower() in DRAINING_STATUSES,
             metrics={"protocol": "compat", "reported": len(reported), "handed_out": len(pending)},
-            acked_version=None,
+            report_is_current=True,
         )
         await self.store.restore_handouts(row["id"], ttl=self.ttl)
         desired = ids_of(a["stream"] for a in result.assignments)

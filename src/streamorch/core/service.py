@@ -120,6 +120,7 @@ class Orchestrator:
         draining: bool,
         metrics: dict[str, Any],
         acked_version: int | None = None,
+        report_is_current: bool = False,
     ) -> HeartbeatResult:
         result = await self.store.heartbeat(
             worker_id,
@@ -129,6 +130,7 @@ class Orchestrator:
             metrics=metrics,
             ttl=self.settings.lease_ttl,
             acked_version=acked_version,
+            report_is_current=report_is_current,
         )
         if result.became_draining:
             await postgres.bump_generation(self.db)

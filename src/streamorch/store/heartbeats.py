@@ -40,6 +40,9 @@ class Beat:
     metrics: dict[str, Any]
     acked_version: int | None
     ttl: float
+    # The original protocol names no version: its report counts as reflecting the
+    # desired set as of its arrival (store/compat.py accounts for hand-outs).
+    current: bool = False
 
 
 @dataclass
@@ -57,6 +60,7 @@ def batch_params(beats: list[Beat]) -> dict[str, Any]:
         "incarnations": [b.incarnation for b in beats],
         "runnings": [",".join(b.running) for b in beats],
         "acked_versions": [b.acked_version for b in beats],
+        "currents": [b.current for b in beats],
         "metrics": [json.dumps(b.metrics) for b in beats],
         "draining": [b.draining for b in beats],
         "ttls": [b.ttl for b in beats],

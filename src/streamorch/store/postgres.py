@@ -289,9 +289,25 @@ class EngineStore:
         metrics: dict[str, Any],
         ttl: float,
         acked_version: int | None = None,
+        report_is_current: bool = False,
     ) -> HeartbeatResult:
+        """Renew the lease and record the running set.
+
+        `acked_version`: the desired-set version the worker applied; a stop report
+        without one never finishes a move (I9). `report_is_current`: the report
+        reflects the desired set as of its arrival (original-protocol instances).
+        """
         row = await self.heartbeats.submit(
-            Beat(worker_id, incarnation, running, draining, metrics, acked_version, ttl)
+            Beat(
+                worker_id,
+                incarnation,
+                running,
+                draining,
+                metrics,
+                acked_version,
+                ttl,
+                report_is_current,
+            )
         )
         if row is None:
             raise NotFound("worker", str(worker_id))

@@ -107,9 +107,14 @@ UPDATE assignments SET target_id = NULL WHERE target_id = ANY (%(ids)s::uuid[]);
 -- cannot contain a comma). No worker appears twice in a batch.
 WITH input AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(incarnations)s::bigint[], %(runnings)s::text[],
-                         %(acked_versions)s::bigint[], %(metrics)s::jsonb[],
-                         %(draining)s::boolean[], %(ttls)s::float8[])
-           AS t(id, incarnation, running, acked_version, metrics, draining, ttl)
+                         %(acked_versions)s::bigint[], %(currents)s::boolean[],
+                         %(metrics)s::jsonb[], %(draining)s::boolean[], %(ttls)s::float8[])
+           AS t(id, incarnation, running, acked_version, current, metrics, draining, ttl)
+), seen AS (
+    -- The versions in this statement's snapshot (no lock: a pass that committed after
+    -- the statement began is not in it). A report marked current (the original
+    -- protocol, which names no version) acknowledges the version it was received at.
+    SELECT w.id, w.version FROM workers w JOIN input i ON i.id = w.id
 ), prev AS (
     -- Rows locked in one order, so concurrent batches cannot deadlock each other.
     SELECT w.id, w.incarnation, w.status, w.lease_expires_at > now() AS lease_valid, w.running
@@ -121,10 +126,10 @@ WITH input AS (
        SET last_heartbeat = now(),
            lease_expires_at = now() + make_interval(secs => i.ttl),
            running = string_to_array(i.running, ','),
-           acked_version = i.acked_version,
+           acked_version = CASE WHEN i.current THEN seen.version ELSE i.acked_version END,
            metrics = i.metrics,
            status = CASE WHEN i.draining THEN 'draining' ELSE w.status END
-      FROM prev JOIN input i ON i.id = prev.id
+      FROM prev JOIN input i ON i.id = prev.id JOIN seen ON seen.id = prev.id
      WHERE w.id = prev.id AND prev.incarnation = i.incarnation
        AND prev.status IN ('active', 'draining') AND prev.lease_valid
     RETURNING w.id, w.lease_expires_at, w.status
@@ -242,15 +247,15 @@ RETURNING stream_key, worker_id;
 
 -- name: finish_moves
 -- The owner reported a running set without the stream, in a report that reflects
--- the revoke (it acknowledged the desired-set version that dropped the stream): it
--- stopped, so the stream may now be granted elsewhere (I1). Clients that do not
--- send versions fall back to "a report received after the revoke".
+-- the revoke (it names an applied desired-set version at or after the one that
+-- dropped the stream): it stopped, so the stream may now be granted elsewhere (I1).
+-- A report naming no version proves nothing (I9): it may have been written before
+-- the worker acted on the answer that granted the stream. Such a move finishes only
+-- when the owner's lease expires.
 DELETE FROM assignments a USING workers w
  WHERE a.worker_id = w.id AND a.state = 'revoking'
    AND NOT (a.stream_key = ANY (w.running))
-   AND CASE WHEN w.acked_version IS NOT NULL AND a.revoke_version IS NOT NULL
-            THEN w.acked_version >= a.revoke_version
-            ELSE w.last_heartbeat > a.revoked_at END
+   AND w.acked_version >= a.revoke_version
 RETURNING a.stream_key, a.worker_id, a.target_id, a.reason;
 
 -- name: drained_workers
