@@ -76,6 +76,11 @@ class HeartbeatBatcher:
         self.batches = 0
         self.beats = 0
 
+    def pending_workers(self) -> list[uuid.UUID]:
+        """Workers with a heartbeat received but not written yet: they are alive."""
+        queued = {p.beat.worker_id for p in self._queue if not p.answer.done()}
+        return sorted(queued | self._writing)
+
     async def submit(self, beat: Beat) -> dict[str, Any] | None:
         """The worker's row after this beat; None if no such worker exists."""
         pending = _Pending(beat)

@@ -117,7 +117,7 @@ WITH input AS (
     SELECT w.id, w.version FROM workers w JOIN input i ON i.id = w.id
 ), prev AS (
     -- Rows locked in one order, so concurrent batches cannot deadlock each other.
-    SELECT w.id, w.incarnation, w.status, w.lease_expires_at > now() AS lease_valid, w.running
+    SELECT w.id, w.incarnation, w.status, w.running
       FROM workers w JOIN input i ON i.id = w.id
      ORDER BY w.id
        FOR UPDATE OF w
@@ -131,10 +131,13 @@ WITH input AS (
            status = CASE WHEN i.draining THEN 'draining' ELSE w.status END
       FROM prev JOIN input i ON i.id = prev.id JOIN seen ON seen.id = prev.id
      WHERE w.id = prev.id AND prev.incarnation = i.incarnation
-       AND prev.status IN ('active', 'draining') AND prev.lease_valid
+       -- Live until a reconcile pass expired it, even if its lease ran out meanwhile:
+       -- nothing moved off the worker yet, and the heartbeat may only be late because
+       -- this server was slow to read it (I9).
+       AND prev.status IN ('active', 'draining')
     RETURNING w.id, w.lease_expires_at, w.status
 )
-SELECT prev.id, prev.incarnation, prev.status AS previous_status, prev.lease_valid,
+SELECT prev.id, prev.incarnation, prev.status AS previous_status,
        prev.running IS DISTINCT FROM string_to_array(i.running, ',') AS running_changed,
        -- The version in this statement's snapshot, which the assignments below are read
        -- from. Not the updated row's: when this statement waited for the row lock of a
@@ -230,15 +233,21 @@ UPDATE workers SET lease_expires_at = greatest(lease_expires_at, now() + make_in
 RETURNING id;
 
 -- name: next_expiry
--- Seconds until the earliest live lease ends (NULL without live workers): the
+-- Seconds until the earliest live lease can expire (NULL without live workers): the
 -- reconciler wakes then, so a dead worker's streams move as soon as its lease ends
--- rather than up to one interval later.
-SELECT extract(epoch FROM min(lease_expires_at) - clock_timestamp())::float8
-  FROM workers WHERE status IN ('active', 'draining');
+-- rather than up to one interval later. Same terms as expire_workers.
+SELECT extract(epoch FROM min(lease_expires_at) - clock_timestamp())::float8 + %(grace)s
+  FROM workers
+ WHERE status IN ('active', 'draining') AND NOT (id = ANY (%(alive)s::uuid[]));
 
 -- name: expire_workers
+-- Leases that ended more than `grace` seconds ago (how late this server recently ran:
+-- a heartbeat may have waited that long to be read), of workers with no heartbeat
+-- waiting in this server (`alive`). Only the worker's silence expires it (I9).
 UPDATE workers SET status = 'expired', version = version + 1
- WHERE status IN ('active', 'draining') AND lease_expires_at < now()
+ WHERE status IN ('active', 'draining')
+   AND lease_expires_at < now() - make_interval(secs => %(grace)s)
+   AND NOT (id = ANY (%(alive)s::uuid[]))
 RETURNING id;
 
 -- name: release_workers
@@ -270,6 +279,14 @@ SELECT w.id FROM workers w
 UPDATE assignments a SET revoke_version = w.version
   FROM workers w
  WHERE a.worker_id = w.id AND a.state = 'revoking' AND a.stream_key = ANY (%(keys)s::text[]);
+
+-- name: recent_joins
+-- Seconds since each live worker registered, for those within `horizon` seconds: how
+-- a fleet is assembling (domain/settle.py).
+SELECT extract(epoch FROM now() - registered_at)::float8
+  FROM workers
+ WHERE status IN ('active', 'draining')
+   AND registered_at > now() - make_interval(secs => %(horizon)s);
 
 -- name: live_workers
 -- Ids as text here and below: placement works with strings, and building uuid.UUID
