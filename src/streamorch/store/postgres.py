@@ -42,6 +42,8 @@ RECONCILE_LOCK_KEY = 0x52454331  # "REC1"
 NOTIFY_CHANNEL = "streamorch_assignments"
 
 T = TypeVar("T")
+# Below this many rows, CPU work stays on the event loop: a thread hop costs more.
+OFFLOAD_MIN_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -101,16 +103,11 @@ class EngineStore:
     async def _events(self, conn: psycopg.AsyncConnection, events: Sequence[Event]) -> None:
         if not events:
             return
-        await conn.execute(
-            sql("insert_events"),
-            {
-                "kinds": [e.kind for e in events],
-                "streams": [e.stream for e in events],
-                "workers": [None if e.worker is None else str(e.worker) for e in events],
-                "reasons": [e.reason for e in events],
-                "details": [json.dumps(e.details) for e in events],
-            },
-        )
+        if len(events) < OFFLOAD_MIN_ROWS:
+            params = event_params(events)
+        else:  # a large pass's events: encoding them is seconds of CPU at 100,000
+            params = await self.offload(event_params, events)
+        await conn.execute(sql("insert_events"), params)
 
     async def _touch(self, conn: psycopg.AsyncConnection, worker_ids: Iterable[Any]) -> set[str]:
         """Bump the version of workers whose desired set changed, and notify at commit."""
@@ -581,15 +578,36 @@ class EngineStore:
                     "reasons": [g.reason for g in plan.grants],
                 },
             )
-            reasons = {g.stream: g.reason for g in plan.grants}
-            for key, worker, token in await cur.fetchall():
-                if reasons[key] == "moved":  # the second half of a move: revoked, stopped, moved
-                    details = {"token": token, "from": moved_from.get(key)}
-                    events.append(Event("moved", key, worker, "moved", details))
-                else:
-                    events.append(Event("assigned", key, worker, reasons[key], {"token": token}))
-                touched.add(worker)
+            rows = await cur.fetchall()
+            granted = await self.offload(grant_events, plan, rows, moved_from)
+            events += granted
+            touched.update(e.worker for e in granted)
         return touched
+
+
+def event_params(events: Sequence[Event]) -> dict[str, list[Any]]:
+    """The `insert_events` statement's parameters."""
+    return {
+        "kinds": [e.kind for e in events],
+        "streams": [e.stream for e in events],
+        "workers": [None if e.worker is None else str(e.worker) for e in events],
+        "reasons": [e.reason for e in events],
+        "details": [json.dumps(e.details) for e in events],
+    }
+
+
+def grant_events(plan: Plan, rows: list[tuple], moved_from: dict[str, str]) -> list[Event]:
+    """The events of the grants written (rows of `insert_grants`): assigned, or moved."""
+    reasons = {g.stream: g.reason for g in plan.grants}
+    events = []
+    with paused_gc():
+        for key, worker, token in rows:
+            if reasons[key] == "moved":  # the second half of a move: revoked, stopped, moved
+                details = {"token": token, "from": moved_from.get(key)}
+                events.append(Event("moved", key, worker, "moved", details))
+            else:
+                events.append(Event("assigned", key, worker, reasons[key], {"token": token}))
+    return events
 
 
 def build_snapshot(worker_rows: list[tuple], rows: list[tuple]) -> Snapshot:

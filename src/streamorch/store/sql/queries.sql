@@ -310,7 +310,7 @@ SELECT coalesce(s.key, a.stream_key), s.weight, nullif(s.requires, '{}'::jsonb),
 INSERT INTO assignments (stream_key, worker_id, token, reason)
 SELECT k, w, nextval('fencing_tokens'), r
   FROM unnest(%(keys)b::text[], %(workers)b::text[]::uuid[], %(reasons)b::text[]) AS t(k, w, r)
-RETURNING stream_key, worker_id, token;
+RETURNING stream_key, worker_id::text, token; -- text: no uuid.UUID per grant
 
 -- name: apply_revokes
 -- revoked_at is the moment of the revoke, not the pass's start (now()): a heartbeat
