@@ -39,8 +39,12 @@ async def test_a_fleet_registering_in_sequence_gets_each_stream_once(api):
             await fleet.add(f"w{i}")
             # While the fleet assembles, the streams wait (and /v1/streams says why).
             assert all(not w.running for w in fleet.live)
-        unplaced = (await api.get(f"/v1/streams/{KEYS[0]}")).json()
-        assert unplaced["assignment"] is None
+
+        async def waiting() -> bool:
+            stream = (await api.get(f"/v1/streams/{KEYS[0]}")).json()
+            return stream["assignment"] is None and "still registering" in stream["reason"]
+
+        await wait_until(waiting, timeout=10, what="the reason a stream waits")
         await wait_until(lambda: fleet.runs_exactly(KEYS), timeout=30, what="all placed")
         assert sorted(len(w.running) for w in fleet.live) == [10] * 6
         kinds = [e["kind"] for e in await all_events(api)]

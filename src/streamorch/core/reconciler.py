@@ -42,6 +42,7 @@ class ReconcilerStats:
     revokes: int = 0
     expired: int = 0
     unplaced: dict[str, str] = field(default_factory=dict)
+    settling: bool = False  # the last planned pass waited for registrations to settle
 
 
 class Reconciler:
@@ -157,6 +158,7 @@ class Reconciler:
             settled = result.plan.empty and result.settle_s == 0
             self._seen_generation = result.generation if settled else None
             self.stats.unplaced = result.plan.unplaced
+            self.stats.settling = result.settle_s > 0
             self.stats.planned_passes += 1
         duration = round((time.perf_counter() - started) * 1000, 2)
         stats = self.stats

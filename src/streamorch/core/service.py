@@ -97,6 +97,7 @@ class Orchestrator:
     async def explain(self, key: str) -> str:
         async with self.db.connection() as conn:
             snapshot = await self.store.snapshot(conn)
+        snapshot.settling = self.reconciler.stats.settling
         if key not in snapshot.streams:
             # The snapshot holds only streams placement may act on; a disabled stream
             # that runs nowhere is not one of them, yet it exists and must be explained.
