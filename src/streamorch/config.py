@@ -91,6 +91,11 @@ class Settings(BaseSettings):
         "REBALANCE_THRESHOLD", default=0.0, ge=0, le=1, example="0.05"
     )
     max_moves_per_pass: int = _env("MAX_MOVES_PER_PASS", default=100, ge=0, example="100")
+    placement_settle_s: float = _env("PLACEMENT_SETTLE_S", default=0.5, ge=0, le=60, example="0.5")
+    placement_settle_max_s: float = _env(
+        "PLACEMENT_SETTLE_MAX_S", default=10.0, ge=0, le=600, example="10"
+    )
+    reconcile_plan_in_thread: bool = _env("RECONCILE_PLAN_IN_THREAD", default=True, example="true")
 
     # Logging.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = _env(

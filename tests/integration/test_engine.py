@@ -79,10 +79,11 @@ async def check_capacity(api) -> None:
         assert w["load"] <= w["capacity"], f"{name}: load {w['load']} > capacity {w['capacity']}"
 
 
-async def heartbeat(api, worker: dict[str, Any], running: list[str]):
+async def heartbeat(api, worker: dict[str, Any], running: list[str], version: int | None = None):
+    """A hand-made heartbeat; `version`: the desired set applied (None: nothing yet)."""
     return await api.post(
         f"/v1/workers/{worker['worker_id']}/heartbeat",
-        json={"incarnation": worker["incarnation"], "running": running},
+        json={"incarnation": worker["incarnation"], "running": running, "version": version},
     )
 
 
@@ -307,6 +308,7 @@ async def test_deleted_stream_stays_with_its_owner_until_stopped(api):
         assert (await api.delete("/v1/streams/s1")).status_code == 204
         answer = await heartbeat(api, holder, ["s1"])
         assert answer.json()["assignments"] == []
+        without_s1 = answer.json()["version"]
 
         # Re-created under the same key while the old owner still runs it: it is not
         # granted anywhere until that owner reports it stopped (I1).
@@ -329,8 +331,9 @@ async def test_deleted_stream_stays_with_its_owner_until_stopped(api):
         row = (await api.get("/v1/streams/s1")).json()["assignment"]
         assert (row["worker"], row["state"]) == ("holder", "revoking")
 
+        # The stop report names the applied set that lacks s1 (I9).
         stop_reported = time.monotonic()
-        assert (await heartbeat(api, holder, [])).status_code == 200
+        assert (await heartbeat(api, holder, [], version=without_s1)).status_code == 200
         await wait_until(lambda: "s1" in other.running, timeout=10, what="s1 granted to other")
         assert other.running["s1"] > first_token
         [start] = fleet.journal.starts_on("other")

@@ -31,7 +31,7 @@ async def healthy(api: httpx.AsyncClient) -> dict:
 
     async def passed() -> bool:
         body.update((await api.get("/health")).json())
-        return body["reconciler"]["status"] == "ready"
+        return body["reconciler"]["status"] == "ready" and body["server_load"]["status"] == "ready"
 
     await wait_until(passed, timeout=30, what="a reconcile pass")
     return body
@@ -56,6 +56,10 @@ async def test_health_reports_every_component(api, postgres_server, database):
     reconciler = body["reconciler"]
     assert reconciler["last_pass_age_s"] < reconciler["stale_after_s"]
     assert reconciler["last_duration_ms"] is not None
+    load = body["server_load"]
+    assert load["lease_margin_s"] == 1.2  # LEASE_TTL 1.5 − HEARTBEAT_INTERVAL 0.3
+    assert load["event_loop_lag_s"] >= 0
+    assert load["event_loop_lag_max_s"] >= 0
     assert body["application_components"]["psutil"]["status"] == "available"
     assert body["system_metrics"]["memory_percent"] > 0
     assert body["details"]["streams"]["enabled"] == 1

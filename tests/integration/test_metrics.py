@@ -61,6 +61,9 @@ async def test_metrics_cover_requests_engine_fleet_and_services(api):
     assert value(found, "streamorch_service_up", service="redis") == 1
     assert value(found, "streamorch_service_up", service="postgresql") == 1
     assert value(found, "streamorch_optional_module_available", module="psutil") == 1
+    assert value(found, "streamorch_event_loop_lag_seconds_count") > 0
+    assert value(found, "streamorch_event_loop_lag_max_seconds") >= 0
+    assert value(found, "streamorch_placement_settling") == 0
     # No raw path (one series per worker id) ever becomes a label.
     worker_id = fleet["w000"].worker_id
     assert worker_id

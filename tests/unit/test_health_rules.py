@@ -60,3 +60,17 @@ def test_redis_not_configured():
     check = health.redis_not_configured(required=False)
     assert check["details"]["code"] == "redis.not_configured"
     assert check["error"] == "Redis is not configured"
+
+
+def test_server_load_warns_at_half_the_lease_margin():
+    calm = health.server_load(0.002, 0.01, 0.2, lease_ttl=10.0, heartbeat_interval=2.0)
+    assert calm["status"] == "ready"
+    assert calm["lease_margin_s"] == 8.0
+    lagging = health.server_load(0.002, 4.5, 0.2, lease_ttl=10.0, heartbeat_interval=2.0)
+    assert lagging["status"] == "overloaded"
+    assert lagging["code"] == "server.overloaded"
+    assert "event loop lagged 4.50 s" in lagging["error"]
+    slow_pass = health.server_load(0.0, 0.0, 4.0, lease_ttl=10.0, heartbeat_interval=2.0)
+    assert slow_pass["status"] == "overloaded"
+    assert "a pass took 4.00 s" in slow_pass["error"]
+    assert health.overall(READY, READY, "ready", False, slow_pass["status"]) == "degraded"

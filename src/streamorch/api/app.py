@@ -84,6 +84,7 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
             await db.connect_with_retry()
             runtime.orchestrator = Orchestrator(settings, db, redis_client)
             runtime.orchestrator.reconciler.observers.append(metrics.observe_pass)
+            runtime.orchestrator.loop_lag.observers.append(metrics.observe_loop_lag)
             await runtime.orchestrator.start()
             runtime.monitors = start_monitors(db, redis_client, redis_target)
             # Back from an outage: run a pass now rather than when the backoff ends.

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 REFRESH_TIMEOUT_S = 2.0
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -125,6 +126,22 @@ class Metrics:
             "Seconds since this process last ran a reconcile pass",
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "streamorch_event_loop_lag_seconds",
+            "How late this process's event loop ran a timer due every 50 ms",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "streamorch_event_loop_lag_max_seconds",
+            "Largest event-loop lag over the last lease TTL (how late a lease may be expired)",
+            registry=r,
+        )
+        self.settling = Gauge(
+            "streamorch_placement_settling",
+            "1 while placement waits for workers that keep registering to settle",
+            registry=r,
+        )
         self.modules = Gauge(
             "streamorch_optional_module_available",
             "1 when the optional module loaded",
@@ -158,6 +175,11 @@ class Metrics:
             self.lease_expirations.inc(len(result.expired))
         if result.graced:
             self.leases_extended.inc(result.graced)
+        if result.planned:
+            self.settling.set(1 if result.settle_s > 0 else 0)
+
+    def observe_loop_lag(self, lag_s: float) -> None:
+        self.loop_lag.observe(lag_s)
 
     # -- read at scrape time ---------------------------------------------------
     async def refresh(self, rt: Runtime) -> None:
@@ -176,6 +198,7 @@ class Metrics:
         pg = rt.monitors.get("postgresql")
         if pg is not None and pg.available is False:
             return  # known down: keep the last figures rather than wait on a dead server
+        self.loop_lag_max.set(round(orch.loop_lag.recent_max_s(), 4))
         last = orch.reconciler.stats.last_pass_at
         if last is not None:
             self.reconcile_age.set(round(time.time() - last, 3))

@@ -134,7 +134,7 @@ class Compat:
             running=sorted(set(reported) | set(pending)),
             draining=status.lower() in DRAINING_STATUSES,
             metrics={"protocol": "compat", "reported": len(reported), "handed_out": len(pending)},
-            acked_version=None,
+            report_is_current=True,
         )
         await self.store.restore_handouts(row["id"], ttl=self.ttl)
         desired = ids_of(a["stream"] for a in result.assignments)
@@ -150,10 +150,14 @@ class Compat:
         row = await self._instance(server_id)
         keys, state = await self._hand_out(row, requested)
         if not keys and requested > 0 and state is not None and state["status"] == "active":
-            # Nothing granted yet (e.g. right after register): give the reconciler a pass.
+            # Nothing granted yet (e.g. right after register): give the reconciler a pass,
+            # and the fleet time to settle if instances are still registering.
             version = await self.orch.store.version(row["id"])
             self.orch.reconciler.wake()
-            wait = min(3 * self.orch.settings.reconcile_interval, MAX_PULL_WAIT_S)
+            settings = self.orch.settings
+            wait = min(
+                3 * settings.reconcile_interval + settings.placement_settle_s, MAX_PULL_WAIT_S
+            )
             with contextlib.suppress(asyncio.TimeoutError):
                 await self.orch.desired(row["id"], version=version, wait=wait)
             keys, state = await self._hand_out(row, requested)

@@ -49,6 +49,7 @@ MONITOR_INTERVAL_S = 0.5
 MONITOR_TIMEOUT_S = 1.0
 HISTORY_SIZE = 120  # probes kept per service: one minute at the monitor's pace
 STALE_PASSES = 5  # the reconciler is stale after this many intervals without a pass
+OVERLOAD_FRACTION = 0.5  # of the lease margin: see server_load()
 REDIS_PROBE_KEY = "streamorch:health:probe"
 
 Check = dict[str, Any]
@@ -471,6 +472,50 @@ def reconciler(
     return body
 
 
+def server_load(
+    lag_s: float,
+    lag_max_s: float,
+    last_pass_s: float | None,
+    lease_ttl: float,
+    heartbeat_interval: float,
+) -> dict[str, Any]:
+    """How close this server's own slowness comes to costing a live worker its lease (I9).
+
+    The margin is how late a heartbeat may be answered before the lease it renews would
+    have run out (LEASE_TTL − HEARTBEAT_INTERVAL). Event-loop lag delays every request;
+    a long pass holds the rows of the workers it changes. Either reaching half of the
+    margin is overload: leases are still safe, but not for long.
+    """
+    margin = max(lease_ttl - heartbeat_interval, 0.0)
+    warn_at = round(margin * OVERLOAD_FRACTION, 3)
+    body: dict[str, Any] = {
+        "status": "ready",
+        "event_loop_lag_s": round(lag_s, 4),
+        "event_loop_lag_max_s": round(lag_max_s, 4),
+        "last_pass_s": None if last_pass_s is None else round(last_pass_s, 3),
+        "lease_margin_s": round(margin, 3),
+        "warn_at_s": warn_at,
+        "error": None,
+        "suggestion": None,
+    }
+    worst, what = max((lag_max_s, "the event loop lagged"), (last_pass_s or 0.0, "a pass took"))
+    if worst >= warn_at:
+        problem = overload_problem(what, worst, margin)
+        body.update(status="overloaded", code=problem.code, error=problem.message)
+        body["suggestion"] = problem.fix
+    return body
+
+
+def overload_problem(what: str, seconds: float, margin: float) -> Problem:
+    return Problem(
+        "server.overloaded",
+        f"{what} {seconds:.2f} s, over half of the {margin:g} s a heartbeat may be late "
+        "before its lease runs out",
+        "give the server more CPU or run another replica; fewer streams per pool, a longer "
+        "LEASE_TTL or a shorter HEARTBEAT_INTERVAL widen the margin",
+    )
+
+
 def stale_problem(age: float | None, interval: float, last_error: str | None) -> Problem:
     since = "since start-up" if age is None else f"for {age:.1f} s"
     cause = f" (last error: {last_error})" if last_error else ""
@@ -518,10 +563,16 @@ def system_metrics(psutil: Any, data_dir: str) -> dict[str, Any] | None:
     }
 
 
-def overall(postgres: Check, redis: Check, reconciler_status: str, required_redis: bool) -> str:
+def overall(
+    postgres: Check,
+    redis: Check,
+    reconciler_status: str,
+    required_redis: bool,
+    load_status: str = "ready",
+) -> str:
     if postgres["status"] != "ready" or (required_redis and redis["status"] != "ready"):
         return "unhealthy"
-    if redis["status"] != "ready" or reconciler_status == "stale":
+    if redis["status"] != "ready" or reconciler_status == "stale" or load_status != "ready":
         return "degraded"
     return "healthy"
 

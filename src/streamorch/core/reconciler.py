@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from streamorch.core.loop_lag import LoopLag
 from streamorch.domain.errors import StoreError
 from streamorch.domain.models import Policy
 from streamorch.store.postgres import EngineStore, PassResult
@@ -41,6 +42,7 @@ class ReconcilerStats:
     revokes: int = 0
     expired: int = 0
     unplaced: dict[str, str] = field(default_factory=dict)
+    settling: bool = False  # the last planned pass waited for registrations to settle
 
 
 class Reconciler:
@@ -51,9 +53,11 @@ class Reconciler:
         interval: float,
         on_touched: Callable[[set[str]], Awaitable[None]],
         lease_ttl: float = 10.0,
+        lag: LoopLag | None = None,
     ) -> None:
         self.store = store
         self.lease_ttl = lease_ttl
+        self.lag = lag
         self.policy = policy
         self.interval = interval
         self.on_touched = on_touched
@@ -113,14 +117,30 @@ class Reconciler:
     def next_delay(self, result: PassResult) -> float:
         """One interval, or less when a lease ends sooner: a dead worker's streams move
         as soon as its lease has ended, not up to an interval later."""
-        if result.next_expiry_s is None:
-            return self.interval
-        return max(MIN_DELAY_S, min(self.interval, result.next_expiry_s + EXPIRY_MARGIN_S))
+        delay = self.interval
+        if result.next_expiry_s is not None:
+            delay = min(delay, result.next_expiry_s + EXPIRY_MARGIN_S)
+        if result.settle_s > 0:  # place as soon as the fleet has settled
+            delay = min(delay, result.settle_s + EXPIRY_MARGIN_S)
+        return max(MIN_DELAY_S, delay)
+
+    def expiry_grace_s(self) -> float:
+        """How long past its end a lease is still given: this server's recent lag (I9).
+
+        Capped at one lease: a longer stall is an outage, which the pass's outage rule
+        (half a lease without a pass extends every lease) already covers.
+        """
+        if self.lag is None:
+            return 0.0
+        return min(self.lag.recent_max_s(self.lease_ttl), self.lease_ttl)
 
     async def run_once(self) -> PassResult:
         started = time.perf_counter()
         result = await self.store.reconcile_pass(
-            self.policy, self._seen_generation, lease_ttl=self.lease_ttl
+            self.policy,
+            self._seen_generation,
+            lease_ttl=self.lease_ttl,
+            expiry_grace_s=self.expiry_grace_s(),
         )
         if result.graced:
             log.warning(
@@ -132,10 +152,13 @@ class Reconciler:
         if not result.ran:
             return result
         # Remember the generation only once planning has nothing left to do, so a
-        # pass limited by MAX_MOVES_PER_PASS or with moves in flight is followed by more.
+        # pass limited by MAX_MOVES_PER_PASS, with moves in flight or waiting for the
+        # fleet to settle is followed by more.
         if result.planned:
-            self._seen_generation = result.generation if result.plan.empty else None
+            settled = result.plan.empty and result.settle_s == 0
+            self._seen_generation = result.generation if settled else None
             self.stats.unplaced = result.plan.unplaced
+            self.stats.settling = result.settle_s > 0
             self.stats.planned_passes += 1
         duration = round((time.perf_counter() - started) * 1000, 2)
         stats = self.stats

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from streamorch.config import Settings
 from streamorch.core.catalog_sync import CatalogSync
+from streamorch.core.loop_lag import LoopLag
 from streamorch.core.notifier import Notifier
 from streamorch.core.reconciler import Reconciler
 from streamorch.domain import placement
@@ -31,15 +32,22 @@ class Orchestrator:
     def __init__(self, settings: Settings, db: DatabaseManager, redis: aioredis.Redis | None):
         self.settings = settings
         self.db = db
-        self.store = EngineStore(db)
+        self.store = EngineStore(db, plan_in_thread=settings.reconcile_plan_in_thread)
+        self.loop_lag = LoopLag(window_s=settings.lease_ttl)
         self.notifier = Notifier(db.target.conninfo, redis)
-        self.policy = Policy(settings.rebalance_threshold, settings.max_moves_per_pass)
+        self.policy = Policy(
+            settings.rebalance_threshold,
+            settings.max_moves_per_pass,
+            settle_s=settings.placement_settle_s,
+            settle_max_s=settings.placement_settle_max_s,
+        )
         self.reconciler = Reconciler(
             self.store,
             self.policy,
             settings.reconcile_interval,
             self.notifier.publish,
             lease_ttl=settings.lease_ttl,
+            lag=self.loop_lag,
         )
         # Only when a source is configured: keeps the catalog equal to its rows.
         self.catalog_sync = (
@@ -47,6 +55,7 @@ class Orchestrator:
         )
 
     async def start(self) -> None:
+        self.loop_lag.start()
         self.notifier.start()
         self.reconciler.start()
         if self.catalog_sync is not None:
@@ -57,6 +66,7 @@ class Orchestrator:
             await self.catalog_sync.stop()
         await self.reconciler.stop()
         await self.notifier.stop()
+        await self.loop_lag.stop()
 
     async def _changed(self, touched: set[str]) -> None:
         await self.notifier.publish(touched)
@@ -87,6 +97,7 @@ class Orchestrator:
     async def explain(self, key: str) -> str:
         async with self.db.connection() as conn:
             snapshot = await self.store.snapshot(conn)
+        snapshot.settling = self.reconciler.stats.settling
         if key not in snapshot.streams:
             # The snapshot holds only streams placement may act on; a disabled stream
             # that runs nowhere is not one of them, yet it exists and must be explained.
@@ -95,7 +106,7 @@ class Orchestrator:
                 snapshot.streams[key] = StreamView(
                     key, row["weight"], row["requires"], row["enabled"]
                 )
-        return placement.explain(snapshot, key, self.policy)
+        return await self.store.offload(placement.explain, snapshot, key, self.policy)
 
     # -- fleet -----------------------------------------------------------------
     async def register(
@@ -120,6 +131,7 @@ class Orchestrator:
         draining: bool,
         metrics: dict[str, Any],
         acked_version: int | None = None,
+        report_is_current: bool = False,
     ) -> HeartbeatResult:
         result = await self.store.heartbeat(
             worker_id,
@@ -129,6 +141,7 @@ class Orchestrator:
             metrics=metrics,
             ttl=self.settings.lease_ttl,
             acked_version=acked_version,
+            report_is_current=report_is_current,
         )
         if result.became_draining:
             await postgres.bump_generation(self.db)

@@ -61,13 +61,15 @@ class Snapshot:
     `workers`: live workers only. `streams`: every stream that is unassigned or
     assigned (a stream absent from `streams` but present in `assignments` was
     deleted). `preferred`: for streams whose move just finished, the target chosen
-    when the move began.
+    when the move began. `settling`: workers are still registering one after another
+    (domain/settle.py): unassigned streams wait and nothing is rebalanced yet.
     """
 
     workers: dict[str, WorkerView]
     streams: dict[str, StreamView]
     assignments: dict[str, Holding]
     preferred: dict[str, str] = field(default_factory=dict)
+    settling: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class Policy:
     rebalance_threshold: float = 0.0
     # Bound on moves (revokes with a target) per pass, whatever their reason (I5).
     max_moves: int = 100
+    # While workers register one after another, placement waits until registrations
+    # were quiet for `settle_s`, at most `settle_max_s` into the burst (domain/settle.py).
+    settle_s: float = 0.0
+    settle_max_s: float = 0.0
 
 
 @dataclass(frozen=True)

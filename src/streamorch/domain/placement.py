@@ -29,6 +29,10 @@ One pass, in order (each phase sees what the earlier ones planned):
 4. Draining workers: streams move off only when a target has room.
 5. Rebalance (I5/I6) among non-draining workers; see `_Planner.rebalance`.
 
+While the snapshot is `settling` (workers still registering one after another), the
+streams of step 2 that are not the target of a finished move wait, and step 5 is
+skipped: what would be placed now would move again a moment later.
+
 Cost (the reconciler runs this every second at up to 100,000 streams / 1,000
 workers; figures from bench/placement.py): workers are grouped by (capacity,
 labels). Inside a group the least loaded worker is both the best choice and the
@@ -53,6 +57,7 @@ ReqKey = frozenset[tuple[str, str]]
 
 # The weight assumed for a stream that was deleted while a worker still holds it.
 DELETED_WEIGHT = 1
+SETTLING = "workers are still registering: placed once the fleet has settled (PLACEMENT_SETTLE_S)"
 
 _NO_REQ: ReqKey = frozenset()
 _EPS = 1e-9
@@ -202,7 +207,8 @@ class _Planner:
         self.place_unassigned()
         self.fix_violations(mandatory)
         self.drain()
-        self.rebalance()
+        if not self.snapshot.settling:
+            self.rebalance()
         return Plan(grants=self.grants, revokes=self.revokes, unplaced=self.unplaced)
 
     def read_holdings(self) -> list[tuple[str, str, str]]:
@@ -317,6 +323,10 @@ class _Planner:
                         self.take(target, w)
                         continue
                 rest.append(s)
+        if self.snapshot.settling:
+            for s in rest:
+                self.unplaced[s.key] = SETTLING
+            return
         # Per (requires, weight), a heap of the eligible groups keyed by (utilisation
         # after placement, id) of each group's least loaded worker. Loads only grow
         # in this loop, so a stored key is a lower bound of the group's true key: the

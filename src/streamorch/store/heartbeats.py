@@ -40,6 +40,9 @@ class Beat:
     metrics: dict[str, Any]
     acked_version: int | None
     ttl: float
+    # The original protocol names no version: its report counts as reflecting the
+    # desired set as of its arrival (store/compat.py accounts for hand-outs).
+    current: bool = False
 
 
 @dataclass
@@ -57,6 +60,7 @@ def batch_params(beats: list[Beat]) -> dict[str, Any]:
         "incarnations": [b.incarnation for b in beats],
         "runnings": [",".join(b.running) for b in beats],
         "acked_versions": [b.acked_version for b in beats],
+        "currents": [b.current for b in beats],
         "metrics": [json.dumps(b.metrics) for b in beats],
         "draining": [b.draining for b in beats],
         "ttls": [b.ttl for b in beats],
@@ -71,6 +75,11 @@ class HeartbeatBatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.beats = 0
+
+    def pending_workers(self) -> list[uuid.UUID]:
+        """Workers with a heartbeat received but not written yet: they are alive."""
+        queued = {p.beat.worker_id for p in self._queue if not p.answer.done()}
+        return sorted(queued | self._writing)
 
     async def submit(self, beat: Beat) -> dict[str, Any] | None:
         """The worker's row after this beat; None if no such worker exists."""

@@ -8,19 +8,20 @@ so the caller can also fan the news out through Redis.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from streamorch.domain import placement
+from streamorch.domain import placement, settle
 from streamorch.domain.errors import Conflict, LeaseExpired, NotFound, Superseded
 from streamorch.domain.models import (
     EMPTY,
@@ -39,6 +40,10 @@ from streamorch.store.retry import retry_conflicts
 # The advisory lock that serialises reconcile passes across replicas.
 RECONCILE_LOCK_KEY = 0x52454331  # "REC1"
 NOTIFY_CHANNEL = "streamorch_assignments"
+
+T = TypeVar("T")
+# Below this many rows, CPU work stays on the event loop: a thread hop costs more.
+OFFLOAD_MIN_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -85,27 +90,24 @@ class PassResult:
     generation: int = 0
     graced: int = 0  # leases extended after a control-plane outage
     next_expiry_s: float | None = None  # until the earliest live lease ends
+    settle_s: float = 0.0  # placement waits this much longer for registrations to settle
 
 
 class EngineStore:
-    def __init__(self, db: DatabaseManager) -> None:
+    def __init__(self, db: DatabaseManager, *, plan_in_thread: bool = True) -> None:
         self.db = db
         self.heartbeats = HeartbeatBatcher(db)
+        self.plan_in_thread = plan_in_thread
 
     # -- helpers ---------------------------------------------------------------
     async def _events(self, conn: psycopg.AsyncConnection, events: Sequence[Event]) -> None:
         if not events:
             return
-        await conn.execute(
-            sql("insert_events"),
-            {
-                "kinds": [e.kind for e in events],
-                "streams": [e.stream for e in events],
-                "workers": [None if e.worker is None else str(e.worker) for e in events],
-                "reasons": [e.reason for e in events],
-                "details": [json.dumps(e.details) for e in events],
-            },
-        )
+        if len(events) < OFFLOAD_MIN_ROWS:
+            params = event_params(events)
+        else:  # a large pass's events: encoding them is seconds of CPU at 100,000
+            params = await self.offload(event_params, events)
+        await conn.execute(sql("insert_events"), params)
 
     async def _touch(self, conn: psycopg.AsyncConnection, worker_ids: Iterable[Any]) -> set[str]:
         """Bump the version of workers whose desired set changed, and notify at commit."""
@@ -289,9 +291,25 @@ class EngineStore:
         metrics: dict[str, Any],
         ttl: float,
         acked_version: int | None = None,
+        report_is_current: bool = False,
     ) -> HeartbeatResult:
+        """Renew the lease and record the running set.
+
+        `acked_version`: the desired-set version the worker applied; a stop report
+        without one never finishes a move (I9). `report_is_current`: the report
+        reflects the desired set as of its arrival (original-protocol instances).
+        """
         row = await self.heartbeats.submit(
-            Beat(worker_id, incarnation, running, draining, metrics, acked_version, ttl)
+            Beat(
+                worker_id,
+                incarnation,
+                running,
+                draining,
+                metrics,
+                acked_version,
+                ttl,
+                report_is_current,
+            )
         )
         if row is None:
             raise NotFound("worker", str(worker_id))
@@ -408,39 +426,40 @@ class EngineStore:
             return await cur.fetchall()
 
     async def snapshot(self, conn: psycopg.AsyncConnection) -> Snapshot:
-        # Plain tuples, ids read as text and no JSON parsing of empty `requires`: at
-        # 100,000 streams, dict rows, uuid.UUID objects turned back into str and
-        # json.loads('{}') per row took ~1.5 s of a ~2.5 s snapshot
-        # (bench/reconcile.py --breakdown).
+        """Everything placement needs, read on `conn`; built off the event loop."""
         cur = await conn.execute(sql("live_workers"))
-        workers = {
-            wid: WorkerView(
-                id=wid,
-                capacity=capacity,
-                labels=labels,
-                draining=status == "draining",
-                name=name,
-            )
-            for wid, name, capacity, labels, status in await cur.fetchall()
-        }
+        worker_rows = await cur.fetchall()
         cur = await conn.execute(sql("placement_rows"))
-        streams: dict[str, StreamView] = {}
-        assignments: dict[str, Holding] = {}
-        new = tuple.__new__  # what the named tuples' __new__ calls, minus a Python frame
-        with paused_gc():
-            for key, weight, requires, enabled, worker, state, target in await cur.fetchall():
-                if weight is not None:
-                    streams[key] = new(StreamView, (key, weight, requires or EMPTY, enabled))
-                if worker is not None:
-                    assignments[key] = new(Holding, (key, worker, state, target))
-        return Snapshot(workers, streams, assignments)
+        rows = await cur.fetchall()
+        return await self.offload(build_snapshot, worker_rows, rows)
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-heavy, pure work (snapshot building, planning) in a worker thread.
+
+        A pass at 100,000 streams spends about half a second in Python; on the event
+        loop that half second would hold back every heartbeat (I9). With
+        `plan_in_thread` off it runs inline (kept for comparison: bench/pass_latency.py).
+        """
+        if not self.plan_in_thread:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
 
     # -- reconcile -------------------------------------------------------------
     @retry_conflicts
     async def reconcile_pass(
-        self, policy: Policy, seen_generation: int | None, *, lease_ttl: float = 10.0
+        self,
+        policy: Policy,
+        seen_generation: int | None,
+        *,
+        lease_ttl: float = 10.0,
+        expiry_grace_s: float = 0.0,
     ) -> PassResult:
-        """One pass, one transaction; skipped if another replica holds the lock (I7)."""
+        """One pass, one transaction; skipped if another replica holds the lock (I7).
+
+        `expiry_grace_s`: how late this server recently ran (core/loop_lag.py); a lease
+        expires only once it ended longer ago than that, and never while a heartbeat
+        of its worker waits in this server (I9).
+        """
         result = PassResult()
         async with self.db.connection(prepared=False) as conn, conn.transaction():
             cur = await conn.execute(sql("reconcile_lock"), {"key": RECONCILE_LOCK_KEY})
@@ -470,7 +489,9 @@ class EngineStore:
                     )
                 )
 
-            cur = await conn.execute(sql("expire_workers"))
+            alive = self.heartbeats.pending_workers()
+            expiry = {"grace": expiry_grace_s, "alive": alive}
+            cur = await conn.execute(sql("expire_workers"), expiry)
             expired = [w for (w,) in await cur.fetchall()]
             if expired:
                 cur = await conn.execute(sql("release_workers"), {"ids": expired})
@@ -501,18 +522,28 @@ class EngineStore:
             if expired or finished or generation != seen_generation:
                 snapshot = await self.snapshot(conn)
                 snapshot.preferred = preferred
-                with paused_gc():
-                    plan = placement.plan(snapshot, policy)
+                result.settle_s = await self._settle_s(conn, policy)
+                snapshot.settling = result.settle_s > 0
+                plan = await self.offload(plan_paused, snapshot, policy)
                 result.planned = True
                 result.plan = plan
                 touched |= await self._apply(conn, plan, events, moved_from)
             await self._events(conn, events)
             result.touched = await self._touch(conn, touched)
             await self._stamp_revokes(conn, [r.stream for r in result.plan.revokes])
-            cur = await conn.execute(sql("next_expiry"))
+            cur = await conn.execute(sql("next_expiry"), expiry)
             result.next_expiry_s = (await cur.fetchone())[0]
             await conn.execute(sql("note_pass"))  # last: see the query's comment
         return result
+
+    async def _settle_s(self, conn: psycopg.AsyncConnection, policy: Policy) -> float:
+        if policy.settle_s <= 0:
+            return 0.0
+        cur = await conn.execute(
+            sql("recent_joins"), {"horizon": policy.settle_s + policy.settle_max_s}
+        )
+        ages = [age for (age,) in await cur.fetchall()]
+        return settle.remaining(ages, policy.settle_s, policy.settle_max_s)
 
     async def _apply(
         self,
@@ -547,15 +578,71 @@ class EngineStore:
                     "reasons": [g.reason for g in plan.grants],
                 },
             )
-            reasons = {g.stream: g.reason for g in plan.grants}
-            for key, worker, token in await cur.fetchall():
-                if reasons[key] == "moved":  # the second half of a move: revoked, stopped, moved
-                    details = {"token": token, "from": moved_from.get(key)}
-                    events.append(Event("moved", key, worker, "moved", details))
-                else:
-                    events.append(Event("assigned", key, worker, reasons[key], {"token": token}))
-                touched.add(worker)
+            rows = await cur.fetchall()
+            granted = await self.offload(grant_events, plan, rows, moved_from)
+            events += granted
+            touched.update(e.worker for e in granted)
         return touched
+
+
+def event_params(events: Sequence[Event]) -> dict[str, list[Any]]:
+    """The `insert_events` statement's parameters."""
+    return {
+        "kinds": [e.kind for e in events],
+        "streams": [e.stream for e in events],
+        "workers": [None if e.worker is None else str(e.worker) for e in events],
+        "reasons": [e.reason for e in events],
+        "details": [json.dumps(e.details) for e in events],
+    }
+
+
+def grant_events(plan: Plan, rows: list[tuple], moved_from: dict[str, str]) -> list[Event]:
+    """The events of the grants written (rows of `insert_grants`): assigned, or moved."""
+    reasons = {g.stream: g.reason for g in plan.grants}
+    events = []
+    with paused_gc():
+        for key, worker, token in rows:
+            if reasons[key] == "moved":  # the second half of a move: revoked, stopped, moved
+                details = {"token": token, "from": moved_from.get(key)}
+                events.append(Event("moved", key, worker, "moved", details))
+            else:
+                events.append(Event("assigned", key, worker, reasons[key], {"token": token}))
+    return events
+
+
+def build_snapshot(worker_rows: list[tuple], rows: list[tuple]) -> Snapshot:
+    """A `Snapshot` from the rows of `live_workers` and `placement_rows`.
+
+    Plain tuples, ids read as text and no JSON parsing of empty `requires`: at
+    100,000 streams, dict rows, uuid.UUID objects turned back into str and
+    json.loads('{}') per row took ~1.5 s of a ~2.5 s snapshot
+    (bench/reconcile.py --breakdown).
+    """
+    workers = {
+        wid: WorkerView(
+            id=wid,
+            capacity=capacity,
+            labels=labels,
+            draining=status == "draining",
+            name=name,
+        )
+        for wid, name, capacity, labels, status in worker_rows
+    }
+    streams: dict[str, StreamView] = {}
+    assignments: dict[str, Holding] = {}
+    new = tuple.__new__  # what the named tuples' __new__ calls, minus a Python frame
+    with paused_gc():
+        for key, weight, requires, enabled, worker, state, target in rows:
+            if weight is not None:
+                streams[key] = new(StreamView, (key, weight, requires or EMPTY, enabled))
+            if worker is not None:
+                assignments[key] = new(Holding, (key, worker, state, target))
+    return Snapshot(workers, streams, assignments)
+
+
+def plan_paused(snapshot: Snapshot, policy: Policy) -> Plan:
+    with paused_gc():
+        return placement.plan(snapshot, policy)
 
 
 @contextlib.contextmanager

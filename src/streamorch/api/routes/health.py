@@ -97,7 +97,10 @@ async def _report(rt: Runtime) -> dict[str, Any]:
         if rt.orchestrator is not None
         else {"status": "starting", "error": None, "suggestion": None}
     )
-    status = health.overall(postgres, redis, reconciler["status"], rt.settings.redis_required)
+    load = _server_load(rt)
+    status = health.overall(
+        postgres, redis, reconciler["status"], rt.settings.redis_required, load["status"]
+    )
     errors = [
         {
             "service": name,
@@ -105,7 +108,12 @@ async def _report(rt: Runtime) -> dict[str, Any]:
             "error": check["error"],
             "suggestion": check["suggestion"],
         }
-        for name, check in (("postgresql", postgres), ("redis", redis), ("reconciler", reconciler))
+        for name, check in (
+            ("postgresql", postgres),
+            ("redis", redis),
+            ("reconciler", reconciler),
+            ("server_load", load),
+        )
         if check.get("error")
     ]
     for name, module in rt.module_status.items():
@@ -131,6 +139,7 @@ async def _report(rt: Runtime) -> dict[str, Any]:
         "timestamp": health.now_iso(),
         "services": {"postgresql": postgres, "redis": redis},
         "reconciler": reconciler,
+        "server_load": load,
         "application_components": health.components(rt.module_status),
         "system_metrics": health.system_metrics(
             rt.modules.get("psutil"), str(rt.settings.data_dir)
@@ -138,6 +147,20 @@ async def _report(rt: Runtime) -> dict[str, Any]:
         "details": details,
         "errors": errors,
     }
+
+
+def _server_load(rt: Runtime) -> dict[str, Any]:
+    orch = rt.orchestrator
+    if orch is None:
+        return {"status": "ready", "error": None, "suggestion": None}
+    last_ms = orch.reconciler.stats.last_duration_ms
+    return health.server_load(
+        orch.loop_lag.last_s,
+        orch.loop_lag.recent_max_s(),
+        None if last_ms is None else last_ms / 1000,
+        rt.settings.lease_ttl,
+        rt.settings.heartbeat_interval,
+    )
 
 
 @router.get("/health")

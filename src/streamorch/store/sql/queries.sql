@@ -107,12 +107,17 @@ UPDATE assignments SET target_id = NULL WHERE target_id = ANY (%(ids)s::uuid[]);
 -- cannot contain a comma). No worker appears twice in a batch.
 WITH input AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(incarnations)s::bigint[], %(runnings)s::text[],
-                         %(acked_versions)s::bigint[], %(metrics)s::jsonb[],
-                         %(draining)s::boolean[], %(ttls)s::float8[])
-           AS t(id, incarnation, running, acked_version, metrics, draining, ttl)
+                         %(acked_versions)s::bigint[], %(currents)s::boolean[],
+                         %(metrics)s::jsonb[], %(draining)s::boolean[], %(ttls)s::float8[])
+           AS t(id, incarnation, running, acked_version, current, metrics, draining, ttl)
+), seen AS (
+    -- The versions in this statement's snapshot (no lock: a pass that committed after
+    -- the statement began is not in it). A report marked current (the original
+    -- protocol, which names no version) acknowledges the version it was received at.
+    SELECT w.id, w.version FROM workers w JOIN input i ON i.id = w.id
 ), prev AS (
     -- Rows locked in one order, so concurrent batches cannot deadlock each other.
-    SELECT w.id, w.incarnation, w.status, w.lease_expires_at > now() AS lease_valid, w.running
+    SELECT w.id, w.incarnation, w.status, w.running
       FROM workers w JOIN input i ON i.id = w.id
      ORDER BY w.id
        FOR UPDATE OF w
@@ -121,15 +126,18 @@ WITH input AS (
        SET last_heartbeat = now(),
            lease_expires_at = now() + make_interval(secs => i.ttl),
            running = string_to_array(i.running, ','),
-           acked_version = i.acked_version,
+           acked_version = CASE WHEN i.current THEN seen.version ELSE i.acked_version END,
            metrics = i.metrics,
            status = CASE WHEN i.draining THEN 'draining' ELSE w.status END
-      FROM prev JOIN input i ON i.id = prev.id
+      FROM prev JOIN input i ON i.id = prev.id JOIN seen ON seen.id = prev.id
      WHERE w.id = prev.id AND prev.incarnation = i.incarnation
-       AND prev.status IN ('active', 'draining') AND prev.lease_valid
+       -- Live until a reconcile pass expired it, even if its lease ran out meanwhile:
+       -- nothing moved off the worker yet, and the heartbeat may only be late because
+       -- this server was slow to read it (I9).
+       AND prev.status IN ('active', 'draining')
     RETURNING w.id, w.lease_expires_at, w.status
 )
-SELECT prev.id, prev.incarnation, prev.status AS previous_status, prev.lease_valid,
+SELECT prev.id, prev.incarnation, prev.status AS previous_status,
        prev.running IS DISTINCT FROM string_to_array(i.running, ',') AS running_changed,
        -- The version in this statement's snapshot, which the assignments below are read
        -- from. Not the updated row's: when this statement waited for the row lock of a
@@ -225,15 +233,21 @@ UPDATE workers SET lease_expires_at = greatest(lease_expires_at, now() + make_in
 RETURNING id;
 
 -- name: next_expiry
--- Seconds until the earliest live lease ends (NULL without live workers): the
+-- Seconds until the earliest live lease can expire (NULL without live workers): the
 -- reconciler wakes then, so a dead worker's streams move as soon as its lease ends
--- rather than up to one interval later.
-SELECT extract(epoch FROM min(lease_expires_at) - clock_timestamp())::float8
-  FROM workers WHERE status IN ('active', 'draining');
+-- rather than up to one interval later. Same terms as expire_workers.
+SELECT extract(epoch FROM min(lease_expires_at) - clock_timestamp())::float8 + %(grace)s
+  FROM workers
+ WHERE status IN ('active', 'draining') AND NOT (id = ANY (%(alive)s::uuid[]));
 
 -- name: expire_workers
+-- Leases that ended more than `grace` seconds ago (how late this server recently ran:
+-- a heartbeat may have waited that long to be read), of workers with no heartbeat
+-- waiting in this server (`alive`). Only the worker's silence expires it (I9).
 UPDATE workers SET status = 'expired', version = version + 1
- WHERE status IN ('active', 'draining') AND lease_expires_at < now()
+ WHERE status IN ('active', 'draining')
+   AND lease_expires_at < now() - make_interval(secs => %(grace)s)
+   AND NOT (id = ANY (%(alive)s::uuid[]))
 RETURNING id;
 
 -- name: release_workers
@@ -242,15 +256,15 @@ RETURNING stream_key, worker_id;
 
 -- name: finish_moves
 -- The owner reported a running set without the stream, in a report that reflects
--- the revoke (it acknowledged the desired-set version that dropped the stream): it
--- stopped, so the stream may now be granted elsewhere (I1). Clients that do not
--- send versions fall back to "a report received after the revoke".
+-- the revoke (it names an applied desired-set version at or after the one that
+-- dropped the stream): it stopped, so the stream may now be granted elsewhere (I1).
+-- A report naming no version proves nothing (I9): it may have been written before
+-- the worker acted on the answer that granted the stream. Such a move finishes only
+-- when the owner's lease expires.
 DELETE FROM assignments a USING workers w
  WHERE a.worker_id = w.id AND a.state = 'revoking'
    AND NOT (a.stream_key = ANY (w.running))
-   AND CASE WHEN w.acked_version IS NOT NULL AND a.revoke_version IS NOT NULL
-            THEN w.acked_version >= a.revoke_version
-            ELSE w.last_heartbeat > a.revoked_at END
+   AND w.acked_version >= a.revoke_version
 RETURNING a.stream_key, a.worker_id, a.target_id, a.reason;
 
 -- name: drained_workers
@@ -265,6 +279,14 @@ SELECT w.id FROM workers w
 UPDATE assignments a SET revoke_version = w.version
   FROM workers w
  WHERE a.worker_id = w.id AND a.state = 'revoking' AND a.stream_key = ANY (%(keys)s::text[]);
+
+-- name: recent_joins
+-- Seconds since each live worker registered, for those within `horizon` seconds: how
+-- a fleet is assembling (domain/settle.py).
+SELECT extract(epoch FROM now() - registered_at)::float8
+  FROM workers
+ WHERE status IN ('active', 'draining')
+   AND registered_at > now() - make_interval(secs => %(horizon)s);
 
 -- name: live_workers
 -- Ids as text here and below: placement works with strings, and building uuid.UUID
@@ -288,7 +310,7 @@ SELECT coalesce(s.key, a.stream_key), s.weight, nullif(s.requires, '{}'::jsonb),
 INSERT INTO assignments (stream_key, worker_id, token, reason)
 SELECT k, w, nextval('fencing_tokens'), r
   FROM unnest(%(keys)b::text[], %(workers)b::text[]::uuid[], %(reasons)b::text[]) AS t(k, w, r)
-RETURNING stream_key, worker_id, token;
+RETURNING stream_key, worker_id::text, token; -- text: no uuid.UUID per grant
 
 -- name: apply_revokes
 -- revoked_at is the moment of the revoke, not the pass's start (now()): a heartbeat

@@ -1,0 +1,118 @@
+"""Start-up of a fleet that assembles one worker after another: moves and convergence.
+
+Starts embedded PostgreSQL + Valkey and one `streamorch serve` (defaults, LOG_LEVEL
+WARNING; `--settle` sets PLACEMENT_SETTLE_S), creates --streams streams (weight 1)
+with no worker, then registers --workers simulated workers (tests/simulated.py: they
+heartbeat, long-poll and apply answers as the SDK does, journaling every start and
+stop) one after another, --spacing-ms apart, as worker processes coming up would.
+
+Reports, from the workers' own journal: streams started and then stopped again during
+start-up (placed, then moved), and the time from the last registration (and from the
+first) until every stream runs on exactly one worker.
+
+Goals (docs/benchmarks.md): 0 streams placed and then moved; convergence ≤ 1 s at
+2,000 / 20 and ≤ 10 s at 20,000 / 100.
+
+    .venv/bin/python bench/settle.py [--streams 2000] [--workers 20] [--settle 0.5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import BenchError, Stack, machine, run_bench
+from tests.simulated import Fleet
+
+CONVERGE_TIMEOUT_S = 300.0
+
+
+async def assemble(args: argparse.Namespace, base: str) -> dict[str, Any]:
+    keys = [f"st-{i:06d}" for i in range(args.streams)]
+    async with httpx.AsyncClient(base_url=base, timeout=120.0) as client:
+        r = await client.post(
+            "/v1/streams/bulk",
+            json={"streams": [{"key": k, "url": f"http://radio.example/{k}"} for k in keys]},
+        )
+        r.raise_for_status()
+    capacity = -(-args.streams * 5 // (args.workers * 4))  # 25 % headroom
+    async with Fleet(base, capacity=capacity) as fleet:
+        first = time.monotonic()
+        for i in range(args.workers):
+            await fleet.add(f"st-w{i:03d}")
+            if i + 1 < args.workers:
+                await asyncio.sleep(args.spacing_ms / 1000)
+        last = time.monotonic()
+        deadline = last + CONVERGE_TIMEOUT_S
+        while not fleet.runs_exactly(keys):
+            if time.monotonic() > deadline:
+                raise BenchError(f"not converged within {CONVERGE_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.01)
+        converged = time.monotonic()
+        records = fleet.journal.records
+        stops = {r.stream for r in records if r.kind == "stop"}
+        problems = fleet.problems()
+    return {
+        "capacity": capacity,
+        "registration_s": round(last - first, 3),
+        "converged_after_last_s": round(converged - last, 3),
+        "converged_after_first_s": round(converged - first, 3),
+        "placed_then_moved": len(stops),
+        "starts": sum(1 for r in records if r.kind == "start"),
+        "problems": problems[:10],
+    }
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    env = {"LOG_LEVEL": "WARNING", "PLACEMENT_SETTLE_S": str(args.settle)}
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": " ".join(["bench/settle.py", *sys.argv[1:]]),
+        "streams": args.streams,
+        "workers": args.workers,
+        "spacing_ms": args.spacing_ms,
+        "server_env": env,
+    }
+    with Stack() as stack:
+        server = stack.serve(**env)
+        result.update(asyncio.run(assemble(args, server.url)))
+        server.stop()
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    print(
+        f"summary: {result['streams']} streams / {result['workers']} workers registering "
+        f"{result['spacing_ms']} ms apart (PLACEMENT_SETTLE_S="
+        f"{result['server_env']['PLACEMENT_SETTLE_S']}): {result['placed_then_moved']} streams "
+        f"placed then moved; converged {result['converged_after_last_s']} s after the last "
+        f"registration ({result['converged_after_first_s']} s after the first); "
+        f"problems: {result['problems'] or 'none'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=2_000)
+    parser.add_argument("--workers", type=int, default=20)
+    parser.add_argument("--spacing-ms", type=float, default=50.0)
+    parser.add_argument("--settle", type=float, default=0.5, help="PLACEMENT_SETTLE_S")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    return run_bench(lambda: measure(args), report, as_json=args.json)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+    sys.exit(130)
