@@ -27,7 +27,20 @@ def split_servers(servers: str | Sequence[str] | None) -> list[str]:
         return [DEFAULT_SERVER]
     items = servers.split(",") if isinstance(servers, str) else list(servers)
     urls = [u.strip().rstrip("/") for u in items if u and u.strip()]
+    for url in urls:
+        check_server_url(url)
     return urls or [DEFAULT_SERVER]
+
+
+def check_server_url(url: str) -> None:
+    """Raise `ValueError` naming the fix when `url` can never reach a server."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"server URL {url!r} has no scheme: write http://{url} (or https://{url})")
+    if scheme.lower() not in ("http", "https"):
+        raise ValueError(f"server URL {url!r}: the scheme must be http:// or https://")
+    if not rest or rest.startswith("/"):
+        raise ValueError(f"server URL {url!r} names no host: write http://HOST:PORT")
 
 
 class Connection:
