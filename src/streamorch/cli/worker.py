@@ -100,7 +100,8 @@ def worker(
             drain_timeout=drain_timeout,
         )
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--server") from None
+        typer.echo(f"error: --server: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
 
     async def main() -> None:
         # A self-fencing stop or a "stop now" must not wait out the grace period.

@@ -161,6 +161,7 @@ class AsyncWorker:
         self._epoch = 0  # grows with each registration: older answers are dropped
         self._offered = -1  # the highest version handed to converge
         self._target: dict[str, Assignment] = {}
+        self._granted: set[str] = set()  # the server's newest set, before any filtering
         self._target_version = -1
         self._target_seq = 0
         self._running: dict[str, Assignment] = {}
@@ -319,8 +320,9 @@ class AsyncWorker:
         """SIGTERM and SIGINT call `request_shutdown()` (main thread, running loop).
 
         The first signal drains, a second one stops at once. Once `run()` has returned,
-        further SIGTERM/SIGINT are ignored rather than killing a process that is
-        already on its way out; call `restore_signal_handlers()` to undo.
+        SIGTERM and SIGINT are ignored (`SIG_IGN`) rather than killing a process that is
+        already on its way out. A program that goes on after `run()` (or starts child
+        processes then, which would inherit that) calls `restore_signal_handlers()`.
         """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -344,7 +346,9 @@ class AsyncWorker:
             for sig in signals:
                 loop.remove_signal_handler(sig)
         for sig in signals:
-            signal.signal(sig, _ignore_late_signal)
+            # SIG_IGN, not a Python function: the interpreter resets those to the
+            # defaults while it shuts down, which is exactly when a late signal arrives.
+            signal.signal(sig, signal.SIG_IGN)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Drain, wait until every stream moved away, stop the rest, deregister, close.
@@ -364,11 +368,11 @@ class AsyncWorker:
         log.info("draining", extra={"action": "drain", "worker": self.name})
         await self._unless_hurried(self._ask_drain())
         self._wake_heartbeat.set()
-        while (self._target or self.reported()) and time.monotonic() < deadline:
+        while self._holds_streams() and time.monotonic() < deadline:
             if self._hurry.is_set():
                 break
             await _wait_event(self._hurry, 0.05)
-        self.drained = not (self._target or self.reported())
+        self.drained = not self._holds_streams()
         if not self.drained:
             self.interrupted = self._hurry.is_set()
             log.warning(
@@ -382,6 +386,12 @@ class AsyncWorker:
             await self._heartbeat_once()  # report the empty set: moves finish on it
         await self._deregister(deadline)
         await self.stop()
+
+    def _holds_streams(self) -> bool:
+        """Something runs here, or the server still grants this worker a stream (one
+        that arrived as the drain began is never started, but must still move away).
+        While fenced the server's view is unknown: only what runs counts then."""
+        return bool(self._target or self.reported() or (self._granted and not self.fenced))
 
     async def stop(self) -> None:
         """Stop every stream now and close, without telling the server (a crash stop)."""
@@ -453,6 +463,7 @@ class AsyncWorker:
                 self.registrations += 1
                 self.version = -1
                 self._offered = -1
+                self._granted = set()
                 self._last_renewal = sent
                 self.fenced = False
                 self._registered.set()
@@ -638,6 +649,7 @@ class AsyncWorker:
         if desired.heartbeat_interval_s:
             self.heartbeat_interval = float(desired.heartbeat_interval_s)
         self._offered = desired.version
+        self._granted = set(desired.assignments)
         assignments = desired.assignments
         if self._leaving:  # shutting down: take streams away, never add or restart one
             assignments = {k: a for k, a in assignments.items() if k in self._target}
@@ -745,10 +757,6 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             log.debug("task %s ended with %r", task.get_name(), task.exception())
-
-
-def _ignore_late_signal(signum: int, frame: object) -> None:
-    log.debug("signal %d after the worker stopped: ignored", signum)
 
 
 def _registration_refused(exc: errors.APIError, server: str) -> errors.APIError:
