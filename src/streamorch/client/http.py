@@ -44,7 +44,15 @@ def check_server_url(url: str) -> None:
 
 
 class Connection:
-    """Requests to the first server that answers; see the module docstring."""
+    """Requests to the first server that answers; see the module docstring.
+
+    Args:
+        servers: Base URL(s), a list or comma-separated; `DEFAULT_SERVER` when empty.
+        token: Sent as `Authorization: Bearer <token>` when given.
+        client: A ready `httpx.AsyncClient` to use alone (not closed by `aclose()`).
+        transport: An httpx transport for the clients created here (tests).
+        timeout: Seconds each request may take (`request(timeout=)` overrides it).
+    """
 
     def __init__(
         self,
@@ -75,9 +83,11 @@ class Connection:
 
     @property
     def base_url(self) -> str:
+        """The base URL requests go to now."""
         return str(self._clients[self._current].base_url)
 
     async def aclose(self) -> None:
+        """Close the clients this connection created."""
         for client in self._owned:
             await client.aclose()
         self._owned.clear()

@@ -29,8 +29,28 @@ class Worker:
         Worker("http://orchestrator:8001", name="w1",
                on_assign=on_assign, on_revoke=on_revoke).run()
 
-    The parameters are those of `AsyncWorker` (see there); the callbacks are plain
-    functions here, each called in a worker thread.
+    The parameters are those of `AsyncWorker`, which documents them in full; here the
+    callbacks are plain functions, each called in a worker thread.
+
+    Args:
+        servers: The orchestrator's base URL(s), `http://host:8001` (no path).
+        name: The worker's unique name; a restart under it fences the old incarnation.
+        on_assign: Start the stream, then return (`stream.token` is its fencing token).
+        on_revoke: Stop the stream; return only once it stopped.
+        capacity: Capacity units offered (a stream costs its `weight`).
+        labels: Labels that streams' `requires` selectors match.
+        address: Optional `host:port` shown to operators.
+        token: The worker token (or the admin token) when the server requires one.
+        transport: An httpx transport (tests).
+        request_timeout: Seconds per request.
+        long_poll_wait: Seconds a long-poll waits for a change.
+        fence_margin: Seconds before the lease ends at which an unrenewed worker stops
+            everything (default a quarter of the lease).
+        jitter: Relative spread of the heartbeat interval.
+        max_backoff: Longest wait between retries.
+        drain_timeout: On shutdown, seconds to wait for the streams to move away.
+        metrics: Returns extra numbers for each heartbeat.
+        log_requests: Let httpx log each request (off by default).
     """
 
     def __init__(

@@ -701,6 +701,11 @@ class AsyncWorker:
             )
         else:
             self._running[assignment.stream] = assignment
+            log.info(
+                "started %s",
+                assignment.stream,
+                extra={"action": "started", "stream": assignment.stream, "token": assignment.token},
+            )
         finally:
             self._starting.discard(assignment.stream)
 
@@ -712,6 +717,12 @@ class AsyncWorker:
             log.exception(
                 "on_revoke failed; the stream is taken as stopped",
                 extra={"action": "revoke_failed", "stream": assignment.stream},
+            )
+        else:
+            log.info(
+                "stopped %s",
+                assignment.stream,
+                extra={"action": "stopped", "stream": assignment.stream, "token": assignment.token},
             )
         finally:
             self._running.pop(assignment.stream, None)
