@@ -144,11 +144,14 @@ class AdminClient:
         return await self.request("GET", "/v1/status")
 
     async def events(
-        self, *, since: int = 0, limit: int = 100, stream: str | None = None
+        self, *, since: int = 0, limit: int = 100, stream: str | None = None, newest: bool = False
     ) -> dict[str, Any]:
-        """Events after the id `since` (oldest first), at most `limit`, optionally of one
-        `stream`: `{"items": [...]}`, each with its `id` to pass as the next `since`."""
+        """Events after the id `since`, at most `limit`, optionally of one `stream`: oldest
+        first, or with `newest` the latest ones, newest first. `{"items": [...],
+        "next_since": id}`; pass `next_since` as the next call's `since`."""
         params = _params(since=since, limit=limit, stream=stream)
+        if newest:
+            params["newest"] = "true"
         return await self.request("GET", "/v1/events", params=params)
 
 
