@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from streamorch.client import AdminClient, AsyncWorker
+from streamorch.client import AdminClient, APIError, AsyncWorker
 from streamorch.client.worker import _wait_event
 from tests.sdk.conftest import ServerProcess
 from tests.sdk.helpers import Calls, create_streams
@@ -59,9 +59,17 @@ async def test_a_loop_woken_and_cancelled_in_one_step_ends() -> None:
     assert task.cancelled()
 
 
-async def test_every_heartbeat_names_a_version_and_shutdown_returns(
-    server: ServerProcess,
-) -> None:
+async def test_leaving(server: ServerProcess) -> None:
+    # One server for the three, in turn (each leaves no worker behind).
+    await every_heartbeat_names_a_version_and_shutdown_returns(server)
+    keys = [f"d{i}" for i in range(8)]
+    async with AdminClient(server.url) as admin:
+        await create_streams(admin, keys)
+        await a_drain_that_times_out_never_starts_a_stream_again(server, admin, keys)
+    await a_second_request_cuts_the_drain_short(server, keys)
+
+
+async def every_heartbeat_names_a_version_and_shutdown_returns(server: ServerProcess) -> None:
     # On 3.11, shutdown() signalled and cancelled the heartbeat task in one step, and
     # asyncio.wait_for swallowed the cancel: with nothing to drain it hung every time.
     assert sys.version_info[:2] >= (3, 11)
@@ -89,45 +97,39 @@ async def test_every_heartbeat_names_a_version_and_shutdown_returns(
     assert not worker.interrupted
 
 
-async def test_a_drain_that_times_out_never_starts_a_stream_again(
-    server: ServerProcess,
+async def a_drain_that_times_out_never_starts_a_stream_again(
+    server: ServerProcess, admin: AdminClient, keys: list[str]
 ) -> None:
-    keys = [f"d{i}" for i in range(8)]
     calls = Calls()
-    async with AdminClient(server.url) as admin:
-        await create_streams(admin, keys)
-        worker = AsyncWorker(
-            server.url,
-            name="stuck",
-            on_assign=calls.on_assign,
-            on_revoke=calls.on_revoke,
-            drain_timeout=0.5,  # no other worker: nothing can move, the drain times out
-        )
-        await worker.start()
-        await wait_until(lambda: set(worker.running) == set(keys), what="all running")
-        async with asyncio.timeout(HANG):
-            await worker.shutdown()
-        assert worker.drained is False
-        assert not worker.interrupted
+    worker = AsyncWorker(
+        server.url,
+        name="stuck",
+        on_assign=calls.on_assign,
+        on_revoke=calls.on_revoke,
+        drain_timeout=0.5,  # no other worker: nothing can move, the drain times out
+    )
+    await worker.start()
+    await wait_until(lambda: set(worker.running) == set(keys), what="all running")
+    async with asyncio.timeout(HANG):
+        await worker.shutdown()
+    assert worker.drained is False
+    assert not worker.interrupted
 
-        # The journal of every start and stop: one start, then one stop, per stream.
-        events = sorted(
-            [(t, "start", a.stream) for t, a in calls.assigned]
-            + [(t, "stop", a.stream) for t, a in calls.revoked]
-        )
-        for key in keys:
-            assert [kind for _, kind, k in events if k == key] == ["start", "stop"], key
-        workers = {w["name"]: w["status"] for w in await admin.list_workers()}
-        assert workers["stuck"] == "left"
-        for key in keys:
-            assert (await admin.get_stream(key))["assignment"] is None
+    # The journal of every start and stop: one start, then one stop, per stream.
+    events = sorted(
+        [(t, "start", a.stream) for t, a in calls.assigned]
+        + [(t, "stop", a.stream) for t, a in calls.revoked]
+    )
+    for key in keys:
+        assert [kind for _, kind, k in events if k == key] == ["start", "stop"], key
+    workers = {w["name"]: w["status"] for w in await admin.list_workers()}
+    assert workers["stuck"] == "left"
+    for key in keys:
+        assert (await admin.get_stream(key))["assignment"] is None
 
 
-async def test_a_second_request_cuts_the_drain_short(server: ServerProcess) -> None:
-    keys = ["h1", "h2", "h3"]
+async def a_second_request_cuts_the_drain_short(server: ServerProcess, keys: list[str]) -> None:
     calls = Calls()
-    async with AdminClient(server.url) as admin:
-        await create_streams(admin, keys)
     worker = AsyncWorker(
         server.url,
         name="hurried",
@@ -177,3 +179,35 @@ def test_options_that_can_never_work_fail_at_construction() -> None:
         AsyncWorker(name="w", on_assign=None, on_revoke=noop)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="capacity"):
         AsyncWorker(name="w", on_assign=noop, on_revoke=noop, capacity=0)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "says"),
+    [
+        (401, "unauthorized", "STREAMORCH_WORKER_TOKEN"),
+        (404, "not_found", "without a path such as /v1"),
+    ],
+)
+async def test_a_refused_registration_fails_at_once_naming_the_fix(
+    status: int, code: str, says: str
+) -> None:
+    calls: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        body = {"error": {"code": code, "message": "no token sent", "details": {}}}
+        return httpx.Response(status, json=body)
+
+    worker = AsyncWorker(
+        "http://orchestrator:8001/v1",
+        name="refused",
+        on_assign=Calls().on_assign,
+        on_revoke=Calls().on_revoke,
+        transport=httpx.MockTransport(refuse),
+    )
+    with pytest.raises(APIError) as refused:
+        async with asyncio.timeout(HANG):
+            await worker.run()
+    assert refused.value.status == status
+    assert says in str(refused.value)
+    assert len(calls) == 1  # not retried: it cannot fix itself

@@ -126,40 +126,82 @@ async def test_a_worker_that_cannot_register_stops_on_a_signal(programs, signals
     assert program.said("exited")
 
 
-async def test_two_signals_a_few_ms_apart_after_a_fast_drain_exit_zero(
-    server: ServerProcess, programs
-) -> None:
-    program = programs(server.url, "idle")
-    async with AdminClient(server.url) as admin:
-        await wait_until(
-            lambda: _status(admin, "idle", "active"), what="registered and heartbeating"
-        )
-        program.signal(signal.SIGTERM, signal.SIGTERM)
-        assert await program.exited() == 0, program.out.read_text()
-        assert await _status(admin, "idle", "left")
-
-
-async def test_signals_while_draining_stop_everything_once(server: ServerProcess, programs) -> None:
+async def test_signals_in_every_state(server: ServerProcess, programs, tmp_path: Path) -> None:
+    # One server for all of them, in an order where each leaves nothing behind; the last
+    # one takes the server away.
     keys = [f"k{i}" for i in range(6)]
     async with AdminClient(server.url) as admin:
+        await two_signals_a_few_ms_apart_after_a_fast_drain_exit_zero(admin, server.url, programs)
         await create_streams(admin, keys)
-        program = programs(server.url, "drainer")  # alone: its drain can never finish
-        await wait_until(lambda: program.running() == set(keys), what="all running")
-        program.signal(signal.SIGTERM)
-        await wait_until(lambda: _status(admin, "drainer", "draining"), what="draining")
-        program.signal(signal.SIGINT)  # the second signal: stop now
-        assert await program.exited() == 0, program.out.read_text()
-        assert ["exited", "True", "False"] in program.lines()  # interrupted, not drained
-        assert program.running() == set()
-        assert all(program.starts(key) == 1 for key in keys), program.out.read_text()
-        assert await _status(admin, "drainer", "left")
+        await signals_while_draining_stop_everything_once(admin, server.url, programs, keys)
+        await reference_worker_exit_codes(admin, server.url, tmp_path, keys)
+    await a_fenced_worker_stops_on_a_signal(server, programs, keys)
 
 
-async def test_a_fenced_worker_stops_on_a_signal(server: ServerProcess, programs) -> None:
-    async with AdminClient(server.url) as admin:
-        await create_streams(admin, ["f1", "f2"])
+async def two_signals_a_few_ms_apart_after_a_fast_drain_exit_zero(
+    admin: AdminClient, url: str, programs
+) -> None:
+    program = programs(url, "idle")
+    await wait_until(lambda: _status(admin, "idle", "active"), what="registered and heartbeating")
+    program.signal(signal.SIGTERM, signal.SIGTERM)
+    assert await program.exited() == 0, program.out.read_text()
+    assert await _status(admin, "idle", "left")
+
+
+async def signals_while_draining_stop_everything_once(
+    admin: AdminClient, url: str, programs, keys: list[str]
+) -> None:
+    program = programs(url, "drainer")  # alone: its drain can never finish
+    await wait_until(lambda: program.running() == set(keys), what="all running")
+    program.signal(signal.SIGTERM)
+    await wait_until(lambda: _status(admin, "drainer", "draining"), what="draining")
+    program.signal(signal.SIGINT)  # the second signal: stop now
+    assert await program.exited() == 0, program.out.read_text()
+    assert ["exited", "True", "False"] in program.lines()  # interrupted, not drained
+    assert program.running() == set()
+    assert all(program.starts(key) == 1 for key in keys), program.out.read_text()
+    assert await _status(admin, "drainer", "left")
+
+
+async def reference_worker_exit_codes(
+    admin: AdminClient, url: str, tmp_path: Path, keys: list[str]
+) -> None:
+    log = tmp_path / "rw.log"
+    # Errors that cannot fix themselves: one line naming the fix, at once, no traceback.
+    for wrong, code, says in (
+        ("127.0.0.1:8001", EXIT_USAGE, "write http://127.0.0.1:8001"),
+        (url + "/v1", EXIT_FAILED, "without a path such as /v1"),
+    ):
+        proc = _reference_worker(wrong, log=log)
+        await wait_until(lambda p=proc: p.poll() is not None, timeout=EXIT_WAIT, what="exit")
+        text = log.read_text()
+        assert proc.returncode == code, text
+        assert says in text
+        assert "Traceback" not in text
+
+    # A second signal while draining stops the children at once and exits 4.
+    proc = _reference_worker(url, log=log)
+    try:
+        await wait_until(
+            lambda: _streams_on(admin, "rw", len(keys)), what="the reference worker runs all"
+        )
+        proc.send_signal(signal.SIGTERM)
+        await wait_until(lambda: _status(admin, "rw", "draining"), what="draining")
+        proc.send_signal(signal.SIGTERM)
+        await wait_until(lambda: proc.poll() is not None, timeout=EXIT_WAIT, what="exit")
+        assert proc.returncode == EXIT_STOPPED_NOW, log.read_text()
+        assert await _status(admin, "rw", "left")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+async def a_fenced_worker_stops_on_a_signal(
+    server: ServerProcess, programs, keys: list[str]
+) -> None:
     program = programs(server.url, "fenced")
-    await wait_until(lambda: program.running() == {"f1", "f2"}, what="both running")
+    await wait_until(lambda: program.running() == set(keys), what="all running")
     server.kill()  # no renewal possible: the worker fences itself
     await wait_until(lambda: program.running() == set(), what="self-fenced")
     program.signal(signal.SIGTERM)
@@ -179,39 +221,6 @@ def _reference_worker(server: str, *extra: str, log: Path) -> subprocess.Popen[b
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-
-
-async def test_reference_worker_exit_codes(server: ServerProcess, tmp_path: Path) -> None:
-    log = tmp_path / "rw.log"
-    # Errors that cannot fix themselves: one line naming the fix, at once, no traceback.
-    for url, code, says in (
-        ("127.0.0.1:8001", EXIT_USAGE, "write http://127.0.0.1:8001"),
-        (server.url + "/v1", EXIT_FAILED, "without a path such as /v1"),
-    ):
-        proc = _reference_worker(url, log=log)
-        await wait_until(lambda p=proc: p.poll() is not None, timeout=EXIT_WAIT, what="exit")
-        text = log.read_text()
-        assert proc.returncode == code, text
-        assert says in text
-        assert "Traceback" not in text
-
-    # A second signal while draining stops the children at once and exits 4.
-    async with AdminClient(server.url) as admin:
-        await create_streams(admin, ["r1", "r2"])
-        proc = _reference_worker(server.url, log=log)
-        try:
-            await wait_until(
-                lambda: _streams_on(admin, "rw", 2), what="the reference worker runs both"
-            )
-            proc.send_signal(signal.SIGTERM)
-            await wait_until(lambda: _status(admin, "rw", "draining"), what="draining")
-            proc.send_signal(signal.SIGTERM)
-            await wait_until(lambda: proc.poll() is not None, timeout=EXIT_WAIT, what="exit")
-            assert proc.returncode == EXIT_STOPPED_NOW, log.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 async def _status(admin: AdminClient, name: str, status: str) -> bool:
