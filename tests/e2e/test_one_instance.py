@@ -4,12 +4,14 @@ anything and harms nothing; a start after a crash takes over what the dead one s
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
-from tests.e2e.harness import Launcher, wait_until_gone
+from tests.e2e.harness import ROOT, Launcher, clean_env, wait_until_gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -29,6 +31,18 @@ def test_a_second_start_refuses_and_the_first_keeps_serving(
         assert "kill -TERM" in stderr
         assert "embedded services stopped" not in stderr
         assert "phase services" not in stderr  # refused before doing anything
+
+    # Nor does `services stop` take the first one's databases away.
+    stop = subprocess.run(
+        [sys.executable, "-m", "streamorch", "services", "stop"],
+        cwd=ROOT,
+        env=clean_env(STREAMORCH_DATA_DIR=str(data_dir)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stop.returncode == 1, stop.stderr
+    assert f"an orchestrator is running on these servers (pid {pid}" in stop.stderr
 
     health = first.get("/health")
     assert health.status_code == 200, health.text

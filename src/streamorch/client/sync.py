@@ -122,6 +122,12 @@ class Worker:
         """
         asyncio.run(self._main(handle_signals))
 
+    def restore_signal_handlers(self) -> None:
+        """After `run()`: give SIGTERM and SIGINT their default behaviour back (they are
+        ignored once `run()` returned, so a late second signal cannot kill the exit)."""
+        if self._async is not None:
+            self._async.restore_signal_handlers()
+
     def request_shutdown(self) -> None:
         """Drain and leave; safe from any thread, also before `run()` started."""
         loop, worker = self._loop, self._async

@@ -75,6 +75,22 @@ class InstanceLock:
         self._record = {"pid": os.getpid(), "host": host, "port": port, "started": started}
         self._write()
 
+    def holder(self) -> Holder | None:
+        """The live instance holding the lock, or None (takes nothing)."""
+        if self._handle is not None:
+            return self.read()
+        try:
+            handle = open(self.path)  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return self.read()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
     def inherited(self) -> set[str]:
         """Embedded servers that the previous, dead holder had started itself."""
         return set(self._previous.started)
