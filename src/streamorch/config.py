@@ -303,3 +303,54 @@ def check_consistency(settings: Settings) -> list[Problem]:
             )
         )
     return problems
+
+
+MIN_TOKEN_LENGTH = 16
+_GENERATE_HINT = (
+    "use 32 random characters: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+)
+
+
+def token_warnings(settings: Settings) -> list[Problem]:
+    """Tokens that are set but protect little: short, repetitive, shared, or half set.
+
+    Warnings, not errors: the server starts, and `streamorch config check` lists them.
+    """
+    warnings: list[Problem] = []
+    tokens = {
+        "STREAMORCH_ADMIN_TOKEN": settings.admin_token,
+        "STREAMORCH_WORKER_TOKEN": settings.worker_token,
+    }
+    values = {name: t.get_secret_value() for name, t in tokens.items() if t is not None}
+    for name, value in values.items():
+        if len(value) < MIN_TOKEN_LENGTH or len(set(value)) < 8:
+            warnings.append(
+                Problem(
+                    "config.weak_token",
+                    f"{name} is weak ({len(value)} characters, {len(set(value))} different): "
+                    "it can be guessed",
+                    _GENERATE_HINT,
+                    {"variable": name},
+                )
+            )
+    if len(values) == 2 and len(set(values.values())) == 1:
+        warnings.append(
+            Problem(
+                "config.same_tokens",
+                "STREAMORCH_ADMIN_TOKEN and STREAMORCH_WORKER_TOKEN are the same: every "
+                "worker host can then change the catalog and drain the fleet",
+                "give each its own value; " + _GENERATE_HINT,
+                {"variable": "STREAMORCH_WORKER_TOKEN"},
+            )
+        )
+    if "STREAMORCH_WORKER_TOKEN" in values and "STREAMORCH_ADMIN_TOKEN" not in values:
+        warnings.append(
+            Problem(
+                "config.admin_api_open",
+                "STREAMORCH_WORKER_TOKEN is set but STREAMORCH_ADMIN_TOKEN is not: admin "
+                "calls (the catalog, draining, /metrics) need no token",
+                "set STREAMORCH_ADMIN_TOKEN too; " + _GENERATE_HINT,
+                {"variable": "STREAMORCH_ADMIN_TOKEN"},
+            )
+        )
+    return warnings

@@ -78,3 +78,22 @@ async def test_diagnostics_can_be_made_public_without_opening_the_rest(
         assert (await client.get("/metrics")).status_code == 200
         assert (await client.get("/health/detailed")).status_code == 200
         assert (await client.get("/v1/workers")).status_code == 401
+
+
+async def test_each_401_says_what_was_wrong(api):
+    path, body = "/v1/streams/a", {"url": "http://x"}
+    cases = {
+        "missing": {},
+        "malformed": {"Authorization": "admin-secret"},
+        "worker_token": bearer("worker-secret"),
+        "wrong": bearer("nope"),
+    }
+    messages = set()
+    for reason, headers in cases.items():
+        answer = await api.put(path, json=body, headers=headers)
+        assert answer.status_code == 401
+        error = answer.json()["error"]
+        assert (error["code"], error["details"]["reason"]) == ("unauthorized", reason)
+        assert "admin token" in error["message"]
+        messages.add(error["message"])
+    assert len(messages) == len(cases)  # four different messages for four mistakes

@@ -8,6 +8,7 @@ exactly as they would from an operator's shell.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -185,7 +186,11 @@ def test_workers_status_events_and_tokens(cli, server):
 
     # The server's own message, and a non-zero exit, without or with a wrong token.
     denied = cli("status", token="wrong", code=1)
-    assert "this call needs an admin token" in denied.stderr
+    assert "the token sent is not accepted: this call needs the admin token" in denied.stderr
+    assert "set STREAMORCH_ADMIN_TOKEN" in denied.stderr  # the fix, for this tool
+    missing = cli("status", token=None, code=1)
+    assert "no token sent" in missing.stderr
+    assert "Traceback" not in missing.stderr + denied.stderr
 
 
 def test_no_server_exits_2_saying_where_it_looked():
@@ -194,3 +199,49 @@ def test_no_server_exits_2_saying_where_it_looked():
     )
     assert result.exit_code == 2
     assert "no orchestrator answered at http://127.0.0.1:" in result.stderr
+
+
+def test_url_mistakes_get_hints_naming_the_fix(server):
+    port = server.rsplit(":", 1)[1]
+    env = {"STREAMORCH_TOKEN": TOKEN}
+    for url, code, says in (
+        (f"127.0.0.1:{port}", 2, f"has no scheme: write http://127.0.0.1:{port}"),
+        (f"{server}/v1", 1, "without the path '/v1'"),
+        (f"https://127.0.0.1:{port}", 2, "does not speak HTTPS"),
+    ):
+        result = CliRunner().invoke(app, ["status", "--server", url], env=env)
+        assert result.exit_code == code, (url, result.stdout, result.stderr)
+        assert says in result.stderr, (url, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert "streamorch serve" not in result.stderr  # the server is up: not the advice
+
+
+def test_events_shows_the_newest_and_follows(cli, server):
+    for i in range(3):
+        cli("streams", "put", f"ev/{i}", "--url", f"http://r/{i}")
+    oldest = as_json(cli("events", "--json", "--since", "0", "--limit", "1000"))["items"]
+    newest = as_json(cli("events", "--json", "--limit", "2"))["items"]
+    assert [e["id"] for e in newest] == sorted((e["id"] for e in oldest), reverse=True)[:2]
+    assert newest[0]["stream"] == "ev/2"
+
+    env = clean_env(STREAMORCH_SERVER=server, STREAMORCH_ADMIN_TOKEN=TOKEN)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "streamorch", "events", "--follow", "--json", "--limit", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = json.loads(follower.stdout.readline())
+        assert first["id"] == max(e["id"] for e in oldest)  # the latest one, then live
+        cli("streams", "put", "ev/live", "--url", "http://r/live")
+        live = json.loads(follower.stdout.readline())
+        assert (live["kind"], live["stream"]) == ("stream_created", "ev/live")
+        assert live["id"] > first["id"]
+    finally:
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    assert "Traceback" not in err

@@ -36,8 +36,10 @@ async def require_admin(request: Request) -> None:
     admin = _secret(settings.admin_token)
     if admin is None:
         return
-    if not _matches(_token(request), admin):
-        raise _denied("an admin token")
+    given = _token(request)
+    if not _matches(given, admin):
+        worker = _secret(settings.worker_token)
+        raise _denied(request, "the admin token", worker_token=_matches(given, worker))
 
 
 async def require_diagnostics(request: Request) -> None:
@@ -53,12 +55,24 @@ async def require_worker(request: Request) -> None:
         return
     given = _token(request)
     if not (_matches(given, worker) or _matches(given, admin)):
-        raise _denied("a worker or admin token")
+        raise _denied(request, "the worker token (or the admin token)")
 
 
-def _denied(what: str) -> HTTPException:
+def _denied(request: Request, what: str, *, worker_token: bool = False) -> HTTPException:
+    """401 saying which of the three it is: no token, a malformed header, a wrong token."""
+    header = request.headers.get("authorization")
+    if not header:
+        reason, message = "missing", f"no token sent: this call needs {what}"
+    elif _token(request) is None:
+        reason = "malformed"
+        message = f"the Authorization header must read 'Bearer <token>'; this call needs {what}"
+    elif worker_token:
+        reason = "worker_token"
+        message = f"the worker token was sent, but this call needs {what}"
+    else:
+        reason, message = "wrong", f"the token sent is not accepted: this call needs {what}"
     return HTTPException(
         status_code=401,
-        detail=f"this call needs {what}: send 'Authorization: Bearer <token>'",
+        detail={"message": message, "reason": reason},
         headers={"WWW-Authenticate": "Bearer"},
     )

@@ -1,14 +1,17 @@
 """Client-side commands: `streams …`, `workers …`, `status`, `events`.
 
 They talk to a running server over the v1 API through `streamorch.client.AdminClient`:
-`--server URL` (env STREAMORCH_SERVER) and `--token` (env STREAMORCH_TOKEN). Output is a
-table for people, or the server's JSON with `--json`. A server error is printed as the
-server's message and exits 1; no server reachable exits 2.
+`--server URL` (env STREAMORCH_SERVER) and `--token` (env STREAMORCH_ADMIN_TOKEN: the
+admin token, the same variable the server reads; STREAMORCH_TOKEN is read when it is
+unset). Output is a table for people, or the server's JSON with `--json`. A server error
+is printed as the server's message with the likely fix and exits 1; no server reachable,
+or a URL that can never work, exits 2. Never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import sys
@@ -20,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from streamorch.cli import hints
 from streamorch.client import errors
 from streamorch.client.admin import AdminClient
 
@@ -35,7 +39,13 @@ Server = Annotated[
     ),
 ]
 Token = Annotated[
-    str | None, typer.Option("--token", envvar="STREAMORCH_TOKEN", help="API token (admin).")
+    str | None,
+    typer.Option(
+        "--token",
+        envvar=["STREAMORCH_ADMIN_TOKEN", "STREAMORCH_TOKEN"],
+        help="The server's admin token.",
+        show_envvar=True,
+    ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the server's JSON.")]
 
@@ -59,18 +69,19 @@ def _call(server: str, token: str | None, action: Callable[[AdminClient], Awaita
         async with AdminClient(server, token=token) as admin:
             return await action(admin)
 
+    problem = hints.url_problem(server)
+    if problem is not None:
+        _err().print(f"error: --server: {problem}", markup=False, highlight=False)
+        raise typer.Exit(2)
     try:
         return asyncio.run(run())
     except errors.APIError as exc:
-        _err().print(f"error: {exc.message}", markup=False, highlight=False)
+        message = hints.api_hint(server, exc, hints.ADMIN_AUTH_FIX)
+        _err().print(f"error: {message}", markup=False, highlight=False)
         raise typer.Exit(1) from None
     except errors.TransportError as exc:
-        _err().print(
-            f"error: no orchestrator answered at {server} ({exc.__cause__ or exc}); start one "
-            "with `streamorch serve`, or point --server / STREAMORCH_SERVER at it",
-            markup=False,
-            highlight=False,
-        )
+        message = hints.transport_hint(server, exc)
+        _err().print(f"error: {message}", markup=False, highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -381,24 +392,79 @@ def status(server: Server = DEFAULT_SERVER, token: Token = None, as_json: AsJson
 def events(
     server: Server = DEFAULT_SERVER,
     token: Token = None,
-    since: Annotated[int, typer.Option(min=0, help="Only events after this id.")] = 0,
+    since: Annotated[
+        int | None, typer.Option(min=0, help="Events after this id, oldest first.")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
     stream: Annotated[str | None, typer.Option(help="Only this stream's events.")] = None,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Print the latest, then each new event as it happens."),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="With --follow: seconds between polls.")
+    ] = 1.0,
     as_json: AsJson = False,
 ) -> None:
-    """The log of changes: assigned, revoked, stopped, worker_joined, worker_expired …"""
-    body = _call(server, token, lambda admin: admin.events(since=since, limit=limit, stream=stream))
-    if as_json:
-        _json(body)
+    """The log of changes (assigned, revoked, stopped, worker_joined …), newest first.
+
+    `--since ID` lists what came after that id, oldest first. `--follow` prints the
+    latest `--limit` events, oldest first, then every new one until Ctrl-C (with
+    `--json`: one JSON object per line).
+    """
+    newest = since is None
+    body = _call(
+        server,
+        token,
+        lambda admin: admin.events(
+            since=since or 0, limit=limit, stream=stream, newest=newest or follow
+        ),
+    )
+    items = body["items"]
+    if not follow:
+        if as_json:
+            _json(body)
+            return
+        _out().print(_events_table(items))
         return
+    seen = max((e["id"] for e in items), default=since or 0)
+    _print_events(sorted(items, key=lambda e: e["id"]), as_json)
+
+    async def tail(admin: AdminClient) -> None:
+        nonlocal seen
+        while True:
+            page = await admin.events(since=seen, limit=1000, stream=stream)
+            _print_events(page["items"], as_json)
+            seen = page.get("next_since") or seen
+            if len(page["items"]) < 1000:
+                await asyncio.sleep(interval)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _call(server, token, tail)
+
+
+def _events_table(items: list[dict[str, Any]]) -> Table:
     table = _table("id", "at", "kind", "stream", "worker", "reason")
-    for e in body["items"]:
-        table.add_row(
-            str(e["id"]),
-            e["at"],
-            e["kind"],
-            e["stream"] or "-",
-            e["worker"] or "-",
-            e["reason"] or "-",
-        )
-    _out().print(table)
+    for e in items:
+        table.add_row(*_event_cells(e))
+    return table
+
+
+def _event_cells(e: dict[str, Any]) -> list[str]:
+    return [
+        str(e["id"]),
+        e["at"],
+        e["kind"],
+        e["stream"] or "-",
+        e["worker"] or "-",
+        e["reason"] or "-",
+    ]
+
+
+def _print_events(items: list[dict[str, Any]], as_json: bool) -> None:
+    for e in items:
+        if as_json:
+            typer.echo(json.dumps(e, sort_keys=True))
+        else:
+            typer.echo("  ".join(_event_cells(e)))
+    sys.stdout.flush()

@@ -201,9 +201,15 @@ def verify() -> None:
 
 @config_app.command("check")
 def config_check() -> None:
-    """Validate the configuration; list every problem with its fix."""
-    load(log=False)
-    typer.echo("configuration is valid")
+    """Validate the configuration; list every problem with its fix, and warnings."""
+    from streamorch.config import token_warnings
+
+    settings = load(log=False)
+    warnings = token_warnings(settings)
+    for problem in warnings:
+        typer.echo(f"warning: {problem.message}; {problem.fix}", err=True)
+    suffix = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
+    typer.echo(f"configuration is valid{suffix}")
 
 
 @config_app.command("show")

@@ -36,8 +36,18 @@ def stop() -> None:
     """Stop the embedded servers."""
     from streamorch.cli.main import load
     from streamorch.core.startup import EmbeddedServices
+    from streamorch.services.instance import InstanceLock
 
     settings = load()
+    holder = InstanceLock(settings.data_dir).holder()
+    if holder is not None:
+        typer.echo(
+            f"error: an orchestrator is running on these servers (pid {holder.pid}, "
+            f"{holder.address}): stop it first (kill -TERM {holder.pid}); it stops the "
+            "servers it started itself",
+            err=True,
+        )
+        raise typer.Exit(1)
     services = EmbeddedServices(settings)
     services.stop()
     _print(services)

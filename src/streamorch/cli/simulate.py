@@ -29,7 +29,9 @@ def simulate(
         envvar="STREAMORCH_SERVER",
         help="Orchestrator URL; several, comma-separated, are tried in turn.",
     ),
-    token: str = typer.Option(None, "--token", envvar="STREAMORCH_TOKEN", help="Admin token."),
+    token: str = typer.Option(
+        None, "--token", envvar=["STREAMORCH_ADMIN_TOKEN", "STREAMORCH_TOKEN"], help="Admin token."
+    ),
 ) -> None:
     """Run SDK workers in this process, kill and add some, report what they saw.
 

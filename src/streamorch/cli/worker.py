@@ -22,6 +22,12 @@ def parse_labels(values: list[str]) -> dict[str, str]:
     return labels
 
 
+EXIT_OK = 0  # drained (or the drain timed out): every stream stopped and reported
+EXIT_FAILED = 1  # the server refused the worker for good (wrong URL path, token)
+EXIT_USAGE = 2  # an option can never work (no scheme in the URL, a bad label)
+EXIT_STOPPED_NOW = 4  # a second signal stopped every stream before the drain finished
+
+
 def worker(
     command: str = typer.Option(
         ...,
@@ -41,7 +47,13 @@ def worker(
     server: str = typer.Option(
         "http://127.0.0.1:8001", "--server", envvar="STREAMORCH_SERVER", help=SERVER_HELP
     ),
-    token: str = typer.Option(None, "--token", envvar="STREAMORCH_TOKEN", help="API token."),
+    token: str = typer.Option(
+        None,
+        "--token",
+        envvar="STREAMORCH_WORKER_TOKEN",
+        help="The server's worker token (the admin token works too).",
+        show_envvar=True,
+    ),
     grace: float = typer.Option(
         10.0,
         "--grace",
@@ -59,8 +71,13 @@ def worker(
     ),
     log_level: str = typer.Option("INFO", "--log-level", envvar="LOG_LEVEL"),
 ) -> None:
-    """Run one process per assigned stream; SIGTERM drains, deregisters and exits 0."""
-    from streamorch.client import AsyncWorker
+    """Run one process per assigned stream.
+
+    SIGTERM or Ctrl-C drains, deregisters and exits 0; a second signal stops every
+    stream at once and exits 4. Exit 1: the server refused this worker (wrong URL path,
+    missing or wrong token); exit 2: an option can never work.
+    """
+    from streamorch.client import AsyncWorker, ClientError
     from streamorch.client.supervisor import Supervisor
     from streamorch.logs import configure_logging
 
@@ -70,8 +87,7 @@ def worker(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--exec") from None
     label_map = parse_labels(labels)
-
-    async def main() -> None:
+    try:
         instance = AsyncWorker(
             server,
             name=name or socket.gethostname(),
@@ -83,12 +99,23 @@ def worker(
             metrics=supervisor.metrics,
             drain_timeout=drain_timeout,
         )
-        # A self-fencing stop must finish before the lease can end: no long grace then.
-        supervisor.urgent = lambda: instance.fenced
+    except ValueError as exc:
+        typer.echo(f"error: --server: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+    async def main() -> None:
+        # A self-fencing stop or a "stop now" must not wait out the grace period.
+        supervisor.urgent = lambda: instance.fenced or instance.stopping_now
         instance.install_signal_handlers()
         try:
             await instance.run()
         finally:
             await supervisor.stop_all()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    if instance.interrupted:
+        raise typer.Exit(EXIT_STOPPED_NOW)

@@ -19,7 +19,15 @@ from streamorch.client.http import Connection
 
 
 class AdminClient:
-    """Operator calls; one instance may be shared by many tasks."""
+    """Operator calls; one instance may be shared by many tasks.
+
+    Args:
+        servers: The orchestrator's base URL(s), as for `AsyncWorker`.
+        token: The admin token (`STREAMORCH_ADMIN_TOKEN` on the server), when set.
+        client: A ready `httpx.AsyncClient` to use (not closed by `aclose()`).
+        transport: An httpx transport for the clients created here (tests).
+        timeout: Seconds each request may take.
+    """
 
     def __init__(
         self,
@@ -41,6 +49,7 @@ class AdminClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the HTTP connections (also done by `async with`)."""
         await self._conn.aclose()
 
     async def request(
@@ -60,6 +69,7 @@ class AdminClient:
         requires: Mapping[str, str] | None = None,
         enabled: bool = True,
     ) -> dict[str, Any]:
+        """Create or replace the stream `key` (201 or 200); returns the stream."""
         body = {
             "url": url,
             "weight": weight,
@@ -70,12 +80,15 @@ class AdminClient:
         return await self.request("PUT", f"/v1/streams/{key}", json=body)
 
     async def get_stream(self, key: str) -> dict[str, Any]:
+        """The stream with its `assignment` (worker, token, state) or None, and `reason`."""
         return await self.request("GET", f"/v1/streams/{key}")
 
     async def delete_stream(self, key: str) -> None:
+        """Delete the stream; its worker is told to stop it."""
         await self.request("DELETE", f"/v1/streams/{key}")
 
     async def explain(self, key: str) -> dict[str, Any]:
+        """Why the stream is where it is, or why no worker can take it."""
         return await self.request("GET", f"/v1/streams/{key}/explain")
 
     async def bulk(
@@ -112,24 +125,33 @@ class AdminClient:
 
     # -- workers ----------------------------------------------------------------------
     async def list_workers(self, status: str | None = None) -> list[dict[str, Any]]:
+        """The fleet's workers, optionally only those with `status` (active, draining…)."""
         body = await self.request("GET", "/v1/workers", params=_params(status=status))
         return list(body["items"])
 
     async def drain_worker(self, worker_id: str) -> None:
+        """Move every stream off the worker and give it nothing new."""
         await self.request("POST", f"/v1/workers/{worker_id}/drain")
 
     async def remove_worker(self, worker_id: str, *, force: bool = False) -> None:
+        """Deregister the worker; without `force`, refused (409) while it owns streams."""
         params = {"force": "true" if force else "false"}
         await self.request("DELETE", f"/v1/workers/{worker_id}", params=params)
 
     # -- cluster ----------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
+        """Cluster counts, capacity, load, balance and the last reconcile pass."""
         return await self.request("GET", "/v1/status")
 
     async def events(
-        self, *, since: int = 0, limit: int = 100, stream: str | None = None
+        self, *, since: int = 0, limit: int = 100, stream: str | None = None, newest: bool = False
     ) -> dict[str, Any]:
+        """Events after the id `since`, at most `limit`, optionally of one `stream`: oldest
+        first, or with `newest` the latest ones, newest first. `{"items": [...],
+        "next_since": id}`; pass `next_since` as the next call's `since`."""
         params = _params(since=since, limit=limit, stream=stream)
+        if newest:
+            params["newest"] = "true"
         return await self.request("GET", "/v1/events", params=params)
 
 

@@ -21,7 +21,11 @@ class TransportError(ClientError):
 
 
 class APIError(ClientError):
-    """A server answered with a 4xx or 5xx status and the error body of API.md."""
+    """A server answered with a 4xx or 5xx status and the error body of API.md.
+
+    Attributes `status` (HTTP status), `code` (the error's slug, e.g. `lease_expired`),
+    `message` (what is wrong and what to do) and `details` (a dict) come from the answer.
+    """
 
     def __init__(
         self, status: int, code: str, message: str, details: dict[str, Any] | None = None

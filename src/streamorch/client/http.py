@@ -27,11 +27,32 @@ def split_servers(servers: str | Sequence[str] | None) -> list[str]:
         return [DEFAULT_SERVER]
     items = servers.split(",") if isinstance(servers, str) else list(servers)
     urls = [u.strip().rstrip("/") for u in items if u and u.strip()]
+    for url in urls:
+        check_server_url(url)
     return urls or [DEFAULT_SERVER]
 
 
+def check_server_url(url: str) -> None:
+    """Raise `ValueError` naming the fix when `url` can never reach a server."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"server URL {url!r} has no scheme: write http://{url} (or https://{url})")
+    if scheme.lower() not in ("http", "https"):
+        raise ValueError(f"server URL {url!r}: the scheme must be http:// or https://")
+    if not rest or rest.startswith("/"):
+        raise ValueError(f"server URL {url!r} names no host: write http://HOST:PORT")
+
+
 class Connection:
-    """Requests to the first server that answers; see the module docstring."""
+    """Requests to the first server that answers; see the module docstring.
+
+    Args:
+        servers: Base URL(s), a list or comma-separated; `DEFAULT_SERVER` when empty.
+        token: Sent as `Authorization: Bearer <token>` when given.
+        client: A ready `httpx.AsyncClient` to use alone (not closed by `aclose()`).
+        transport: An httpx transport for the clients created here (tests).
+        timeout: Seconds each request may take (`request(timeout=)` overrides it).
+    """
 
     def __init__(
         self,
@@ -62,9 +83,11 @@ class Connection:
 
     @property
     def base_url(self) -> str:
+        """The base URL requests go to now."""
         return str(self._clients[self._current].base_url)
 
     async def aclose(self) -> None:
+        """Close the clients this connection created."""
         for client in self._owned:
             await client.aclose()
         self._owned.clear()

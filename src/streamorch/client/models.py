@@ -22,6 +22,7 @@ class Assignment:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Assignment:
+        """From one item of an answer's `assignments`."""
         return cls(str(data["stream"]), str(data["url"]), int(data["weight"]), int(data["token"]))
 
 
@@ -39,6 +40,7 @@ class Desired:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Desired:
+        """From a heartbeat or long-poll answer."""
         items = [Assignment.from_json(a) for a in data.get("assignments", [])]
         expires = data.get("lease_expires_at")
         return cls(
@@ -54,6 +56,12 @@ class Desired:
 
 @dataclass(frozen=True)
 class Registration:
+    """The answer to a registration: who this worker is now and the timings it must keep.
+
+    `incarnation` grows with each registration under the same `name`; `kept_streams`
+    counts the streams a restart within the lease kept (granted again, new tokens).
+    """
+
     worker_id: str
     name: str
     incarnation: int
@@ -63,6 +71,7 @@ class Registration:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Registration:
+        """From the answer to `POST /v1/workers/register`."""
         return cls(
             worker_id=str(data["worker_id"]),
             name=str(data["name"]),

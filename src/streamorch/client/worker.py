@@ -20,7 +20,15 @@ Four tasks share one worker:
 
 `shutdown()` (also on SIGTERM/SIGINT after `install_signal_handlers()`) drains: it asks
 to be drained, waits until the orchestrator moved every stream away (bounded by
-`drain_timeout`), stops whatever is left, reports it, and deregisters.
+`drain_timeout`), stops whatever is left, reports it, and deregisters. From its first
+step on, answers may only take streams away: a stream stopped by the drain is never
+started again. A second request stops waiting ("stop now"): what still runs is stopped
+at once and `interrupted` becomes true. A request that arrives before the worker has
+registered (say, while the server is unreachable) ends `run()` at once.
+
+Each heartbeat names the desired-set version whose stops its `running` list reflects:
+0 until the first answer was applied (versions start at 1), so a report sent before
+then never finishes a move.
 """
 
 from __future__ import annotations
@@ -51,13 +59,43 @@ MetricsSource = Callable[[], Mapping[str, Any]]
 class AsyncWorker:
     """A worker process's connection to the orchestrator; see the module docstring.
 
-    async def on_assign(stream: Assignment) -> None: ...
-    async def on_revoke(stream: Assignment) -> None: ...
+        async def on_assign(stream: Assignment) -> None: ...  # start it; use stream.token
+        async def on_revoke(stream: Assignment) -> None: ...  # stop it before returning
 
-    worker = AsyncWorker("http://orchestrator:8001", name="w1",
-                         on_assign=on_assign, on_revoke=on_revoke)
-    worker.install_signal_handlers()
-    await worker.run()   # returns after a graceful shutdown
+        worker = AsyncWorker("http://orchestrator:8001", name="w1",
+                             on_assign=on_assign, on_revoke=on_revoke)
+        worker.install_signal_handlers()
+        await worker.run()   # returns after a graceful shutdown
+
+    Args:
+        servers: The orchestrator's base URL (`http://host:8001`, no path), several as a
+            list or comma-separated string (tried in turn); default `http://127.0.0.1:8001`.
+            A URL without `http://` or `https://` raises `ValueError` here.
+        name: The worker's unique name. Registering again under the same name (a restart)
+            fences the previous incarnation.
+        on_assign: Called with each granted stream; start it, then return. A plain function
+            or a coroutine function. An exception counts as "not started", and the stream
+            is tried again with the next answer.
+        on_revoke: Called with each stream to stop; return only once it has stopped (the
+            stream may start elsewhere right after). An exception counts as stopped.
+        capacity: Capacity units this worker offers (a stream costs its `weight`).
+        labels: Labels that streams' `requires` selectors match against.
+        address: Optional `host:port` shown to operators.
+        token: API token sent as `Authorization: Bearer` (the worker token or the admin
+            token), when the server has tokens configured.
+        client: A ready `httpx.AsyncClient` to use instead of creating one (not closed).
+        transport: An httpx transport for the clients this worker creates (tests).
+        request_timeout: Seconds each request may take before it counts as failed.
+        long_poll_wait: Seconds a long-poll waits for a change (at most 30).
+        fence_margin: Seconds before the lease ends at which the worker stops everything
+            when it could not renew it; default a quarter of the lease.
+        jitter: Relative spread of the heartbeat interval (0.1 = ±10 %).
+        max_backoff: Longest wait, in seconds, between retries of a failed request.
+        drain_timeout: On shutdown, seconds to wait for the streams to move away before
+            stopping those left.
+        metrics: Returns extra numbers to send with each heartbeat.
+        log_requests: Let httpx log every request at INFO (off: only this worker's own
+            lines — registrations, starts, stops, fencing, errors — are logged).
     """
 
     def __init__(
@@ -80,7 +118,9 @@ class AsyncWorker:
         max_backoff: float = 5.0,
         drain_timeout: float = 60.0,
         metrics: MetricsSource | None = None,
+        log_requests: bool = False,
     ) -> None:
+        check_worker_options(name, capacity, on_assign, on_revoke)
         self.name = name
         self.capacity = capacity
         self.labels = dict(labels or {})
@@ -93,6 +133,8 @@ class AsyncWorker:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._metrics = metrics
+        if not log_requests:
+            quiet_request_logs()
         self._conn = Connection(
             servers, token=token, client=client, transport=transport, timeout=request_timeout
         )
@@ -103,6 +145,10 @@ class AsyncWorker:
         self.version = -1  # the version the running set reflects (applied)
         self.draining = False
         self.fenced = False
+        # Set by shutdown(): True when every stream moved away before the worker left;
+        # False when the drain timed out or was cut short (`interrupted`).
+        self.drained: bool | None = None
+        self.interrupted = False  # a second shutdown request stopped the drain
         # The server's lease deadline from the last renewal (its clock), for observers.
         self.lease_expires_at: datetime | None = None
         # Counters, also sent as heartbeat metrics.
@@ -115,6 +161,7 @@ class AsyncWorker:
         self._epoch = 0  # grows with each registration: older answers are dropped
         self._offered = -1  # the highest version handed to converge
         self._target: dict[str, Assignment] = {}
+        self._granted: set[str] = set()  # the server's newest set, before any filtering
         self._target_version = -1
         self._target_seq = 0
         self._running: dict[str, Assignment] = {}
@@ -125,26 +172,36 @@ class AsyncWorker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._wake_heartbeat = asyncio.Event()
+        self._registered = asyncio.Event()  # set by the first registration
         self._shutdown_requested = asyncio.Event()
         self._hurry = asyncio.Event()
+        self._leaving = False  # shutdown began: answers may only take streams away
         self._fatal: BaseException | None = None
         self._failed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._converger: asyncio.Task[None] | None = None
+        self._signals: list[signal.Signals] = []
         self._closed = False
 
     # -- what the worker runs ---------------------------------------------------------
     @property
     def worker_id(self) -> str | None:
+        """The server's id for this worker while registered, else None."""
         return self.registration.worker_id if self.registration else None
 
     @property
     def incarnation(self) -> int | None:
+        """The current registration's incarnation number, else None."""
         return self.registration.incarnation if self.registration else None
 
     @property
     def running(self) -> dict[str, Assignment]:
-        """Streams whose `on_assign` returned and whose `on_revoke` has not been called."""
+        """Streams whose `on_assign` returned and whose `on_revoke` has not been called.
+
+        Each value carries the stream's current fencing `token`: read it from here (not
+        from the first `on_assign`) when writing downstream, since a re-registration
+        grants kept streams again with higher tokens.
+        """
         return dict(self._running)
 
     @property
@@ -154,6 +211,7 @@ class AsyncWorker:
 
     @property
     def fence_margin(self) -> float:
+        """Seconds before the lease ends at which an unrenewed worker stops everything."""
         if self._fence_margin is not None:
             return self._fence_margin
         return 0.25 * self.lease_ttl
@@ -162,6 +220,11 @@ class AsyncWorker:
     def server(self) -> str:
         """The base URL requests currently go to."""
         return self._conn.base_url
+
+    @property
+    def stopping_now(self) -> bool:
+        """A second shutdown request arrived: stop what runs as fast as possible."""
+        return self._hurry.is_set()
 
     def reported(self) -> list[str]:
         """What a heartbeat reports as running: started, starting or stopping."""
@@ -176,7 +239,11 @@ class AsyncWorker:
         await self.stop()
 
     async def start(self) -> None:
-        """Register (retrying until a server answers) and start the background tasks."""
+        """Register (retrying until a server answers) and start the background tasks.
+
+        Raises `APIError` at once when the server refuses the registration for good
+        (a 4xx: wrong URL path, missing or wrong token, invalid name or labels).
+        """
         if self._tasks:
             return
         self._converger = asyncio.create_task(self._converge_loop(), name=f"{self.name}-converge")
@@ -193,55 +260,125 @@ class AsyncWorker:
             self._tasks.append(asyncio.create_task(self._guard(loop), name=f"{self.name}-{what}"))
 
     async def run(self) -> None:
-        """Start, then work until a shutdown is requested; a fatal error is re-raised."""
-        await self.start()
-        shutdown = asyncio.create_task(self._shutdown_requested.wait())
-        failed = asyncio.create_task(self._failed.wait())
+        """Register, work until a shutdown is requested, then drain and leave.
+
+        A shutdown requested while still registering (for example while no server is
+        reachable) returns at once. A fatal error (see `start()`, or a 4xx on a
+        heartbeat) stops every stream and is re-raised.
+        """
         try:
-            await asyncio.wait({shutdown, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if not await self._start_unless_shutdown():
+                return
+            shutdown = asyncio.create_task(self._shutdown_requested.wait())
+            failed = asyncio.create_task(self._failed.wait())
+            try:
+                await asyncio.wait({shutdown, failed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                shutdown.cancel()
+                failed.cancel()
+            if self._fatal is not None:
+                await self.stop()
+                raise self._fatal
+            await self.shutdown()
         finally:
-            shutdown.cancel()
-            failed.cancel()
-        if self._fatal is not None:
+            self._retire_signal_handlers()
+
+    async def _start_unless_shutdown(self) -> bool:
+        """`start()`, abandoned when a shutdown is requested first; True if started."""
+        starting = asyncio.create_task(self.start(), name=f"{self.name}-start")
+        requested = asyncio.create_task(self._shutdown_requested.wait())
+        try:
+            await asyncio.wait({starting, requested}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            requested.cancel()
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+        if starting.cancelled():
+            log.info(
+                "stopped before registering",
+                extra={"action": "stopped_unregistered", "worker": self.name},
+            )
             await self.stop()
-            raise self._fatal
-        await self.shutdown()
+            return False
+        starting.result()  # a permanent registration error is raised here
+        return True
 
     def request_shutdown(self) -> None:
         """Ask `run()` to drain and leave; a second request stops waiting for the drain."""
         if self._shutdown_requested.is_set():
+            if not self._hurry.is_set():
+                log.warning(
+                    "second stop request: stopping every stream now",
+                    extra={"action": "stop_now", "worker": self.name},
+                )
             self._hurry.set()
         self._shutdown_requested.set()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT call `request_shutdown()` (main thread, running loop)."""
+        """SIGTERM and SIGINT call `request_shutdown()` (main thread, running loop).
+
+        The first signal drains, a second one stops at once. Once `run()` has returned,
+        SIGTERM and SIGINT are ignored (`SIG_IGN`) rather than killing a process that is
+        already on its way out. A program that goes on after `run()` (or starts child
+        processes then, which would inherit that) calls `restore_signal_handlers()`.
+        """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_shutdown)
+            self._signals.append(sig)
+
+    def restore_signal_handlers(self) -> None:
+        """Give SIGTERM and SIGINT their default behaviour back."""
+        self._retire_signal_handlers()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _retire_signal_handlers(self) -> None:
+        # Removed from the loop first: closing the loop would otherwise reset them to
+        # the defaults, and a late second SIGTERM would kill the process with 143.
+        signals, self._signals = self._signals, []
+        if not signals:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop any more
+            loop = asyncio.get_running_loop()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        for sig in signals:
+            # SIG_IGN, not a Python function: the interpreter resets those to the
+            # defaults while it shuts down, which is exactly when a late signal arrives.
+            signal.signal(sig, signal.SIG_IGN)
 
     async def shutdown(self, timeout: float | None = None) -> None:
-        """Drain, wait until every stream moved away, stop the rest, deregister, close."""
+        """Drain, wait until every stream moved away, stop the rest, deregister, close.
+
+        Waits at most `timeout` (default `drain_timeout`) for the moves; a second
+        `request_shutdown()` ends the wait at once. Never starts a stream again.
+        """
         if self._closed:
             return
         limit = self.drain_timeout if timeout is None else timeout
         if self.registration is None or not self._tasks:
             await self.stop()
             return
+        self._leaving = True
         self.draining = True
-        log.info("draining", extra={"action": "drain", "worker": self.name})
-        with contextlib.suppress(errors.ClientError):
-            await self._conn.request("POST", f"/v1/workers/{self.worker_id}/drain")
-        self._wake_heartbeat.set()
         deadline = time.monotonic() + limit
-        while (self._target or self.reported()) and time.monotonic() < deadline:
+        log.info("draining", extra={"action": "drain", "worker": self.name})
+        await self._unless_hurried(self._ask_drain())
+        self._wake_heartbeat.set()
+        while self._holds_streams() and time.monotonic() < deadline:
             if self._hurry.is_set():
                 break
-            await asyncio.sleep(0.05)
-        moved = not (self._target or self.reported())
-        if not moved:
+            await _wait_event(self._hurry, 0.05)
+        self.drained = not self._holds_streams()
+        if not self.drained:
+            self.interrupted = self._hurry.is_set()
             log.warning(
-                "drain incomplete: stopping the remaining streams",
-                extra={"action": "drain_timeout", "worker": self.name, "left": self.reported()},
+                "drain %s: stopping the remaining streams",
+                "cut short" if self.interrupted else "timed out",
+                extra={"action": "drain_incomplete", "worker": self.name, "left": self.reported()},
             )
         await self._cancel_network()
         await self._converge_to({}, self.version)
@@ -250,10 +387,17 @@ class AsyncWorker:
         await self._deregister(deadline)
         await self.stop()
 
+    def _holds_streams(self) -> bool:
+        """Something runs here, or the server still grants this worker a stream (one
+        that arrived as the drain began is never started, but must still move away).
+        While fenced the server's view is unknown: only what runs counts then."""
+        return bool(self._target or self.reported() or (self._granted and not self.fenced))
+
     async def stop(self) -> None:
         """Stop every stream now and close, without telling the server (a crash stop)."""
         if self._closed:
             return
+        self._leaving = True
         await self._cancel_network()
         if self._converger is not None and not self._converger.done():
             await self._converge_to({}, self.version)
@@ -263,13 +407,24 @@ class AsyncWorker:
         self._closed = True
         await self._conn.aclose()
 
+    async def _ask_drain(self) -> None:
+        with contextlib.suppress(errors.ClientError):
+            await self._conn.request("POST", f"/v1/workers/{self.worker_id}/drain")
+
+    async def _unless_hurried(self, work: Awaitable[None]) -> None:
+        """Run `work`, abandoning it when a second shutdown request arrives."""
+        task = asyncio.ensure_future(work)
+        hurry = asyncio.create_task(self._hurry.wait())
+        try:
+            await asyncio.wait({task, hurry}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurry.cancel()
+            if not task.done():
+                await _cancel_all([task])
+
     async def _cancel_network(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel_all(tasks)
 
     async def _guard(self, loop: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -298,7 +453,7 @@ class AsyncWorker:
                 log.warning("cannot register: %s", exc, extra={"action": "register_retry"})
             except errors.APIError as exc:
                 if not exc.retryable:
-                    raise
+                    raise _registration_refused(exc, self.server) from None
                 log.warning("cannot register: %s", exc, extra={"action": "register_retry"})
             else:
                 self._epoch += 1
@@ -308,8 +463,10 @@ class AsyncWorker:
                 self.registrations += 1
                 self.version = -1
                 self._offered = -1
+                self._granted = set()
                 self._last_renewal = sent
                 self.fenced = False
+                self._registered.set()
                 log.info(
                     "registered",
                     extra={
@@ -336,6 +493,11 @@ class AsyncWorker:
         await self._register()
 
     async def _deregister(self, deadline: float) -> None:
+        """Leave the fleet; waits (until `deadline`) for the last moves to finish.
+
+        When no server answers it gives up at once: nothing runs here any more, and
+        the lease ends by itself.
+        """
         path = f"/v1/workers/{self.worker_id}"
         while True:
             force = time.monotonic() >= deadline or self._hurry.is_set()
@@ -344,13 +506,16 @@ class AsyncWorker:
             except errors.APIError as exc:
                 if exc.status == 404:
                     return
-                if exc.code != "worker_owns_streams" and not exc.retryable:
+                if force or (exc.code != "worker_owns_streams" and not exc.retryable):
                     log.warning("cannot deregister: %s", exc, extra={"action": "deregister"})
                     return
             except errors.TransportError as exc:
-                if force:
-                    log.warning("cannot deregister: %s", exc, extra={"action": "deregister"})
-                    return
+                log.warning(
+                    "cannot deregister (the lease will expire instead): %s",
+                    exc,
+                    extra={"action": "deregister"},
+                )
+                return
             else:
                 log.info("deregistered", extra={"action": "deregistered", "worker": self.name})
                 return
@@ -376,7 +541,9 @@ class AsyncWorker:
             "incarnation": self.registration.incarnation,
             "running": self.reported(),
             "status": "draining" if self.draining else "active",
-            "version": self.version if self.version >= 0 else None,
+            # 0 until an answer was applied: versions start at 1, so such a report
+            # never acknowledges a revoke (and never finishes a move).
+            "version": max(self.version, 0),
             "metrics": metrics,
         }
 
@@ -423,8 +590,7 @@ class AsyncWorker:
             else:
                 spread = 1 + self.jitter * (2 * random.random() - 1)  # noqa: S311
                 delay = self.heartbeat_interval * spread
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_heartbeat.wait(), delay)
+            await _wait_event(self._wake_heartbeat, delay)
 
     async def _long_poll_loop(self) -> None:
         failures = 0
@@ -483,7 +649,11 @@ class AsyncWorker:
         if desired.heartbeat_interval_s:
             self.heartbeat_interval = float(desired.heartbeat_interval_s)
         self._offered = desired.version
-        self._set_target(desired.assignments, desired.version)
+        self._granted = set(desired.assignments)
+        assignments = desired.assignments
+        if self._leaving:  # shutting down: take streams away, never add or restart one
+            assignments = {k: a for k, a in assignments.items() if k in self._target}
+        self._set_target(assignments, desired.version)
         return True
 
     def _set_target(self, target: dict[str, Assignment], version: int) -> None:
@@ -531,6 +701,11 @@ class AsyncWorker:
             )
         else:
             self._running[assignment.stream] = assignment
+            log.info(
+                "started %s",
+                assignment.stream,
+                extra={"action": "started", "stream": assignment.stream, "token": assignment.token},
+            )
         finally:
             self._starting.discard(assignment.stream)
 
@@ -543,9 +718,75 @@ class AsyncWorker:
                 "on_revoke failed; the stream is taken as stopped",
                 extra={"action": "revoke_failed", "stream": assignment.stream},
             )
+        else:
+            log.info(
+                "stopped %s",
+                assignment.stream,
+                extra={"action": "stopped", "stream": assignment.stream, "token": assignment.token},
+            )
         finally:
             self._running.pop(assignment.stream, None)
             self._stopping.discard(assignment.stream)
+
+
+def check_worker_options(name: str, capacity: int, on_assign: object, on_revoke: object) -> None:
+    """Raise `TypeError`/`ValueError` for options that can never work."""
+    for what, callback in (("on_assign", on_assign), ("on_revoke", on_revoke)):
+        if not callable(callback):
+            raise TypeError(f"{what} must be a function or coroutine function, not {callback!r}")
+    if not name:
+        raise ValueError("name must be a non-empty string (unique in the fleet)")
+    if capacity < 1:
+        raise ValueError(f"capacity must be at least 1, not {capacity}")
+
+
+def quiet_request_logs() -> None:
+    """Keep httpx's one line per request out of the logs, unless its level was set."""
+    httpx_log = logging.getLogger("httpx")
+    if httpx_log.level == logging.NOTSET:
+        httpx_log.setLevel(logging.WARNING)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until `event` is set or `timeout` passed.
+
+    Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that arrives
+    as the event is set, and the task it runs in can then never be cancelled.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait until each ended, cancelling again any that went on."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("task %s ended with %r", task.get_name(), task.exception())
+
+
+def _registration_refused(exc: errors.APIError, server: str) -> errors.APIError:
+    """The server's refusal, with what to change for the causes one can fix."""
+    if exc.status == 404:
+        hint = (
+            f"{server} answered 404 to POST /v1/workers/register: it is not the "
+            "orchestrator's base URL (use http://HOST:PORT, without a path such as /v1)"
+        )
+    elif exc.status in (401, 403):
+        hint = (
+            f"{exc.message} — pass the worker token (or the admin token) as token= "
+            "(`streamorch worker --token` / STREAMORCH_WORKER_TOKEN)"
+        )
+    else:
+        return exc
+    refused = errors.APIError(exc.status, exc.code, hint, exc.details)
+    refused.__cause__ = exc
+    return refused
 
 
 async def _call(callback: Callback, assignment: Assignment) -> None:

@@ -3,6 +3,10 @@
 SIGTERM and SIGINT stop whatever is running — a start-up phase or the server —
 after which the embedded servers this process owns are stopped, PostgreSQL last.
 The process exits 0 on such a requested stop, or with the failing phase's code.
+
+With embedded servers, the data directory belongs to one process at a time
+(services/instance.py): a second start on it refuses before doing anything, and a
+process only ever stops the servers it started (or took over from a dead instance).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from streamorch.config import Settings
 from streamorch.core.startup import EmbeddedServices, ExitCode, StartupReport, run_startup
 from streamorch.domain.errors import StartupError
 from streamorch.domain.problems import Problem
+from streamorch.services.instance import AlreadyRunning, InstanceLock
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +48,17 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def serve(settings: Settings, *, keep_services: bool = False) -> int:
     """Run the orchestrator until stopped; returns the exit code."""
     began = time.monotonic()
-    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     services = EmbeddedServices(settings)
+    instance = InstanceLock(settings.data_dir) if services.any else None
+    if instance is not None:
+        try:
+            instance.acquire(host=settings.orchestrator_host, port=settings.orchestrator_port)
+        except AlreadyRunning as exc:
+            return _refuse_second_start(exc)
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve(settings, services, began))
+            runner.run(_serve(settings, services, began, instance))
     except StopRequested as stop:
         log.info("stop requested (%s); shutting down", stop, extra={"action": "stop_requested"})
         return int(ExitCode.OK)
@@ -71,15 +82,38 @@ def serve(settings: Settings, *, keep_services: bool = False) -> int:
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
         if services.any and not keep_services:
-            services.stop()
+            owned = services.started_here() | (instance.inherited() if instance else set())
+            services.stop(only=owned)
             log.info(
                 "embedded services stopped in %.0f ms",
                 (time.monotonic() - stopping) * 1000,
-                extra={"action": "embedded_stopped"},
+                extra={"action": "embedded_stopped", "stopped": sorted(owned)},
             )
+        if instance is not None:
+            instance.release()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return int(ExitCode.OK)
+
+
+def _refuse_second_start(exc: AlreadyRunning) -> int:
+    """Another live instance owns the data directory: say so and touch nothing."""
+    holder = exc.holder
+    stop = f"stop it first (kill -TERM {holder.pid})" if holder.pid else "stop it first"
+    log.error(
+        "%s — another orchestrator serves from this data directory (%s)",
+        exc,
+        exc.path.parent,
+        extra={
+            "action": "already_running",
+            "code": "instance.already_running",
+            "pid": holder.pid,
+            "port": holder.port,
+            "exit_code": int(ExitCode.SERVE),
+            "fix": f"{stop}, or give this start its own STREAMORCH_DATA_DIR and ORCHESTRATOR_PORT",
+        },
+    )
+    return int(ExitCode.SERVE)
 
 
 def warn_if_exposed(settings: Settings) -> bool:
@@ -138,7 +172,12 @@ def _release_long_polls(app) -> None:
         runtime.orchestrator.notifier.release_all()
 
 
-async def _serve(settings: Settings, services: EmbeddedServices, began: float) -> None:
+async def _serve(
+    settings: Settings,
+    services: EmbeddedServices,
+    began: float,
+    instance: InstanceLock | None = None,
+) -> None:
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -159,6 +198,8 @@ async def _serve(settings: Settings, services: EmbeddedServices, began: float) -
     warn_if_exposed(settings)
     try:
         report: StartupReport = await run_startup(settings, services)
+        if instance is not None:  # a later start after a crash takes these over
+            instance.record_started(services.started_here() | instance.inherited())
         app = create_app(settings, report)
         config = uvicorn.Config(
             app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=10

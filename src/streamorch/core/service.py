@@ -206,8 +206,10 @@ class Orchestrator:
             },
         }
 
-    async def events(self, *, since: int, limit: int, stream: str | None) -> list[dict[str, Any]]:
-        return await self.store.events(since=since, limit=limit, stream=stream)
+    async def events(
+        self, *, since: int, limit: int, stream: str | None, newest: bool = False
+    ) -> list[dict[str, Any]]:
+        return await self.store.events(since=since, limit=limit, stream=stream, newest=newest)
 
 
 def _iso(epoch: float | None) -> str | None:

@@ -89,10 +89,16 @@ class EmbeddedServices:
         if self.postgres is not None:
             self.postgres.start(timeout=settings.postgres_startup_timeout)
 
-    def stop(self) -> None:
-        """Stop what runs, PostgreSQL last; never raises."""
-        for server in (self.valkey, self.postgres):
-            if server is None:
+    def started_here(self) -> set[str]:
+        """Names ("postgresql", "valkey") of the servers this process started itself."""
+        names = {"postgresql": self.postgres, "valkey": self.valkey}
+        return {name for name, s in names.items() if s is not None and s.started_here}
+
+    def stop(self, only: set[str] | None = None) -> None:
+        """Stop what runs (only the servers named in `only`, when given), PostgreSQL
+        last; never raises."""
+        for name, server in (("valkey", self.valkey), ("postgresql", self.postgres)):
+            if server is None or (only is not None and name not in only):
                 continue
             try:
                 server.stop()

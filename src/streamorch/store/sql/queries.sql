@@ -213,6 +213,15 @@ SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.r
  ORDER BY e.id
  LIMIT %(limit)s;
 
+-- name: list_newest_events
+-- The same rows, newest first: `streamorch events` shows the latest, not the oldest.
+SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.reason, e.details
+  FROM events e LEFT JOIN workers w ON w.id = e.worker_id
+ WHERE e.id > %(since)s
+   AND (%(stream)s::text IS NULL OR e.stream_key = %(stream)s)
+ ORDER BY e.id DESC
+ LIMIT %(limit)s;
+
 -- name: reconcile_lock
 SELECT pg_try_advisory_xact_lock(%(key)s);
 
