@@ -270,14 +270,22 @@ class Simulation:
             len(names) == 1 and names[0] in live for names in owners.values()
         )
 
-    async def _settle(self, since: float, what: str) -> float:
-        """Wait until converged and quiet for 3 heartbeats; seconds from `since` to the
-        last start or stop."""
+    async def _settle(
+        self, since: float, what: str, newcomers: Sequence[SimulatedWorker] = ()
+    ) -> float:
+        """Wait until converged and quiet for 3 heartbeats, with every newcomer running
+        something (the server may let a fleet settle before it rebalances, so quiet
+        alone does not mean a join is done); seconds from `since` to the last start or
+        stop."""
         quiet = 3 * max(w.sdk.heartbeat_interval for w in self._live())
         deadline = time.monotonic() + self.settle_timeout
         while time.monotonic() < deadline:
             now = time.monotonic()
-            if self._converged() and now - max(self.journal.last, since) >= quiet:
+            if (
+                self._converged()
+                and all(w.sdk.running for w in newcomers)
+                and now - max(self.journal.last, since) >= quiet
+            ):
                 return max(self.journal.last, since) - since
             await asyncio.sleep(0.05)
         self.say(f"{what}: not converged within {self.settle_timeout:g} s")
@@ -343,7 +351,7 @@ class Simulation:
             before = {w.name for w in self._live()}
             joined_at = time.monotonic()
             newcomers = await self._start_workers(self.n_join)
-            report.join_s = await self._settle(joined_at, "join")
+            report.join_s = await self._settle(joined_at, "join", newcomers)
             report.join_moves = sum(
                 1
                 for r in self.journal.records
