@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from streamorch.client import AdminClient, APIError, AsyncWorker
+from streamorch.client import AdminClient, APIError, AsyncWorker, TransportError
 from streamorch.client.worker import _wait_event
 from tests.sdk.conftest import ServerProcess
 from tests.sdk.helpers import Calls, create_streams
@@ -60,13 +60,23 @@ async def test_a_loop_woken_and_cancelled_in_one_step_ends() -> None:
 
 
 async def test_leaving(server: ServerProcess) -> None:
-    # One server for the three, in turn (each leaves no worker behind).
+    # One server for these, in turn (each leaves no worker behind).
+    await https_against_a_plain_http_server_fails_at_once(server)
     await every_heartbeat_names_a_version_and_shutdown_returns(server)
     keys = [f"d{i}" for i in range(8)]
     async with AdminClient(server.url) as admin:
         await create_streams(admin, keys)
         await a_drain_that_times_out_never_starts_a_stream_again(server, admin, keys)
     await a_second_request_cuts_the_drain_short(server, keys)
+
+
+async def https_against_a_plain_http_server_fails_at_once(server: ServerProcess) -> None:
+    calls = Calls()
+    plain = server.url.replace("http://", "https://")
+    worker = AsyncWorker(plain, name="tls", on_assign=calls.on_assign, on_revoke=calls.on_revoke)
+    with pytest.raises(TransportError, match="does not speak HTTPS: use http://"):
+        async with asyncio.timeout(HANG):
+            await worker.run()
 
 
 async def every_heartbeat_names_a_version_and_shutdown_returns(server: ServerProcess) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import typer
@@ -100,8 +101,14 @@ def worker(
             drain_timeout=drain_timeout,
         )
     except ValueError as exc:
-        typer.echo(f"error: --server: {exc}", err=True)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
+    if token is None and os.environ.get("STREAMORCH_TOKEN"):
+        typer.echo(
+            "warning: STREAMORCH_TOKEN is the admin CLI's token and is not read here; "
+            "set STREAMORCH_WORKER_TOKEN (or pass --token) to send a token",
+            err=True,
+        )
 
     async def main() -> None:
         # A self-fencing stop or a "stop now" must not wait out the grace period.

@@ -1,8 +1,10 @@
 """The worker SDK and admin client of Stream Orchestrator.
 
 Imports nothing else from `streamorch`, so worker programs need only this package and
-httpx. Start with `AsyncWorker` (asyncio) or `Worker` (blocking); see
-docs/howto/worker-sdk.md.
+httpx: worker hosts install it alone as the `streamorch-client` distribution
+(docs/decisions/0013-worker-sdk-distribution.md). Start with `AsyncWorker` (asyncio) or
+`Worker` (blocking); see docs/howto/worker-sdk.md. `DEFAULT_SERVER` is the URL used when
+none is given, `http://127.0.0.1:8001`.
 """
 
 from streamorch.client.admin import AdminClient

@@ -450,6 +450,12 @@ class AsyncWorker:
             try:
                 data = await self._conn.request("POST", "/v1/workers/register", json=body)
             except errors.TransportError as exc:
+                if "WRONG_VERSION_NUMBER" in str(exc.__cause__ or ""):
+                    # A plain-HTTP server answered a TLS handshake: no retry can fix that.
+                    raise errors.TransportError(
+                        f"{self.server} does not speak HTTPS: use http:// "
+                        "(unless a proxy in front of the orchestrator terminates TLS)"
+                    ) from exc
                 log.warning("cannot register: %s", exc, extra={"action": "register_retry"})
             except errors.APIError as exc:
                 if not exc.retryable:
