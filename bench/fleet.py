@@ -30,8 +30,6 @@ import math
 import statistics
 import sys
 import tempfile
-import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -45,54 +43,11 @@ from tests.support.processes import ProcessFleet
 PHASE_TIMEOUT_S = 300.0
 
 
-class Watch:
-    """Ownership now, as the journals tell it, kept up to date incrementally."""
-
-    def __init__(self, directory: Path) -> None:
-        self.tail = journal.Tail(directory)
-        self.owners: dict[str, set[str]] = defaultdict(set)
-        self.held: dict[str, set[str]] = defaultdict(set)
-        self.last_change = time.monotonic()
-
-    def poll(self) -> None:
-        for r in self.tail.poll():
-            if r.kind == "start":
-                self.owners[r.stream].add(r.worker)
-                self.held[r.worker].add(r.stream)
-            elif r.kind == "stop":
-                self.owners[r.stream].discard(r.worker)
-                self.held[r.worker].discard(r.stream)
-            elif r.kind == "died":
-                for stream in self.held.pop(r.worker, set()):
-                    self.owners[stream].discard(r.worker)
-            else:
-                continue
-            self.last_change = max(self.last_change, r.t)
-
-    def settled(self, keys: list[str], live: list[str]) -> bool:
-        if any(len(self.owners.get(k, ())) != 1 for k in keys):
-            return False
-        if any(self.held.get(w) for w in self.held if w not in live):
-            return False
-        loads = [len(self.held.get(w, ())) for w in live]
-        return max(loads) - min(loads) <= 1
-
-    def wait(self, keys: list[str], live: list[str], quiet: float) -> float:
-        """Poll until settled and quiet; returns the end of the phase (or raises)."""
-        deadline = time.monotonic() + PHASE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            time.sleep(0.25)
-            self.poll()
-            now = time.monotonic()
-            if now - self.last_change >= quiet and self.settled(keys, live):
-                return now
-        loads = sorted(len(self.held.get(w, ())) for w in live)
-        unowned = sum(1 for k in keys if not self.owners.get(k))
-        twice = sum(1 for k in keys if len(self.owners.get(k, ())) > 1)
-        raise BenchError(
-            f"not settled within {PHASE_TIMEOUT_S:g}s: {unowned} unowned, {twice} owned twice, "
-            f"loads {loads[:3]}…{loads[-3:]}"
-        )
+def settle(watch: journal.Watch, keys: list[str], live: list[str], quiet: float) -> float:
+    try:
+        return watch.wait(keys, live, quiet=quiet, timeout=PHASE_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def phase(
@@ -147,7 +102,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 raise BenchError(f"bulk create: {response.status_code} {response.text[:300]}")
         workdir = Path(tempfile.mkdtemp(prefix="fleet-journal-", dir=stack.workspace))
         fleet = ProcessFleet(workdir, [server.url], capacity=capacity, drain_timeout=60)
-        watch = Watch(workdir)
+        watch = journal.Watch(workdir)
         try:
             names = [f"w{i:03d}" for i in range(workers)]
             print(f"spawning {workers} worker processes", file=sys.stderr)
@@ -156,7 +111,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             live = list(names)
 
             t0 = fleet.go(first)
-            end = watch.wait(keys, live, args.quiet)
+            end = settle(watch, keys, live, args.quiet)
             result["phases"].append(phase("start-up", fleet, t0, end, live, 0))
             report_progress(result)
 
@@ -164,7 +119,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             lost = set(watch.held.get(victim, ()))
             t1 = fleet.kill(victim)
             live.remove(victim)
-            end = watch.wait(keys, live, args.quiet)
+            end = settle(watch, keys, live, args.quiet)
             kill = phase("kill", fleet, t1, end, live, len(lost))
             kill.update(reowned(fleet.records(), lost, t1))
             result["phases"].append(kill)
@@ -172,7 +127,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
             t2 = fleet.go(joiner)
             live.append(joiner[0].name)
-            end = watch.wait(keys, live, args.quiet)
+            end = settle(watch, keys, live, args.quiet)
             result["phases"].append(phase("join", fleet, t2, end, live, streams // len(live)))
             report_progress(result)
 
@@ -180,7 +135,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             held = len(watch.held.get(leaver, ()))
             t3 = fleet.terminate(leaver)
             live.remove(leaver)
-            end = watch.wait(keys, live, args.quiet)
+            end = settle(watch, keys, live, args.quiet)
             leave = phase("leave", fleet, t3, end, live, held)
             code = fleet.wait_exit(leaver, timeout=30)
             leave["leaver_exit_code"] = code

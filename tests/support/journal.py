@@ -135,6 +135,59 @@ class Tail:
         return new
 
 
+class Watch:
+    """Who runs what now, as the journals tell it, kept up to date incrementally."""
+
+    def __init__(self, directory: Path) -> None:
+        self.tail = Tail(directory)
+        self.owners: dict[str, set[str]] = defaultdict(set)
+        self.held: dict[str, set[str]] = defaultdict(set)
+        self.last_change = time.monotonic()
+
+    def poll(self) -> None:
+        for r in self.tail.poll():
+            if r.kind == "start":
+                self.owners[r.stream].add(r.worker)
+                self.held[r.worker].add(r.stream)
+            elif r.kind == "stop":
+                self.owners[r.stream].discard(r.worker)
+                self.held[r.worker].discard(r.stream)
+            elif r.kind == "died":
+                for stream in self.held.pop(r.worker, set()):
+                    self.owners[stream].discard(r.worker)
+            else:
+                continue
+            self.last_change = max(self.last_change, r.t)
+
+    def settled(self, keys: Iterable[str], live: list[str]) -> bool:
+        """Every key on exactly one live worker, and loads within one stream."""
+        if any(len(self.owners.get(k, ())) != 1 for k in keys):
+            return False
+        if any(streams for w, streams in self.held.items() if w not in live):
+            return False
+        loads = [len(self.held.get(w, ())) for w in live]
+        return not loads or max(loads) - min(loads) <= 1
+
+    def describe(self, keys: Iterable[str], live: list[str]) -> str:
+        keys = list(keys)
+        loads = sorted(len(self.held.get(w, ())) for w in live)
+        unowned = sum(1 for k in keys if not self.owners.get(k))
+        twice = sum(1 for k in keys if len(self.owners.get(k, ())) > 1)
+        return f"{unowned} unowned, {twice} owned twice, loads {loads}"
+
+    def wait(self, keys: Iterable[str], live: list[str], *, quiet: float, timeout: float) -> float:
+        """Poll until settled with no change for `quiet` s; the instant, or TimeoutError."""
+        keys = list(keys)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            self.poll()
+            now = time.monotonic()
+            if now - self.last_change >= quiet and self.settled(keys, live):
+                return now
+        raise TimeoutError(f"not settled within {timeout:g} s: {self.describe(keys, live)}")
+
+
 def _order(r: Record) -> tuple[float, int]:
     # At equal times a death or freeze ends intervals before anything starts.
     return (r.t, 0 if r.worker and not r.stream else 1)
@@ -365,3 +418,31 @@ def story(records: list[Record], stream: str) -> list[str]:
         for r in sorted(records, key=_order)
         if r.stream == stream or not r.stream
     ]
+
+
+def violations(
+    records: list[Record],
+    keys: Iterable[str],
+    *,
+    since: float,
+    until: float,
+    max_gap: float,
+    resume_grace: float = RESUME_GRACE_S,
+) -> list[str]:
+    """What a fleet must never show, described: a stream in two processes at once (I1), and
+    a stream of `keys` that had run and then ran nowhere for longer than `max_gap` within
+    [since, until) (the caller picks a window in which the fleet had room for it)."""
+    problems = overlaps(records, resume_grace=resume_grace)
+    spans_of = intervals(records, resume_grace=resume_grace)
+    for key in sorted(keys):
+        spans = spans_of.get(key)
+        if not spans:
+            problems.append(f"{key}: never ran")
+            continue
+        for span in timeline(spans, since, until):
+            if span.owners == 0 and span.start >= spans[0].start and span.length > max_gap:
+                problems.append(
+                    f"{key}: ran nowhere for {span.length:.3f} s "
+                    f"[{span.start:.3f}, {span.end:.3f}) (at most {max_gap:g} s allowed)"
+                )
+    return problems

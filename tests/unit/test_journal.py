@@ -165,3 +165,26 @@ def test_a_journal_round_trips_through_files_and_a_cut_line_is_ignored(tmp_path:
 def test_a_stop_of_a_stream_never_started_is_an_error_of_the_journal():
     with pytest.raises(ValueError, match="did not run"):
         journal.intervals([stop(1, "a", "s")])
+
+
+def test_violations_name_duplicates_long_gaps_and_streams_that_never_ran():
+    records = [
+        start(1, "a", "dup"),
+        start(2, "b", "dup"),
+        start(1, "a", "slow"),
+        stop(3, "a", "slow"),
+        start(9, "b", "slow"),
+        start(1, "a", "fine"),
+        stop(3, "a", "fine"),
+        start(4, "b", "fine"),
+    ]
+    problems = journal.violations(
+        records, ["dup", "slow", "fine", "lost"], since=0, until=20, max_gap=5
+    )
+    assert len(problems) == 3
+    assert problems[0].startswith("dup: a [1.000, inf) token 1 and b [2.000, inf)")
+    assert problems[1] == "lost: never ran"
+    assert problems[2].startswith("slow: ran nowhere for 6.000 s [3.000, 9.000)")
+    # Clipped to the window, the gap is 4 s; a duplicate counts whatever the keys.
+    late = journal.violations(records, ["slow"], since=5, until=20, max_gap=5)
+    assert [p.split(":")[0] for p in late] == ["dup"]
