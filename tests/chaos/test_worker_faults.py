@@ -71,11 +71,9 @@ def test_a_frozen_worker_fences_itself_before_it_runs_anything_the_others_took_o
     until = chaos.settle()
 
     chaos.check(since, until)
-    stops = [
-        r
-        for r in fleet.records()
-        if r.worker == "w00" and r.kind == "stop" and r.t >= thawed_at and r.stream in held
-    ]
+    records = [r for r in fleet.records() if r.worker == "w00" and r.stream]
+    assert not [r for r in records if frozen_at <= r.t < thawed_at], "it ran while stopped"
+    stops = [r for r in records if r.kind == "stop" and r.t >= thawed_at and r.stream in held]
     assert {r.stream for r in stops} == held
     assert {r.why for r in stops} == {"fence"}, "stopped by its self-fencing"
     assert "w00" in fleet.live

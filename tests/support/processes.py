@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from tests.support import journal
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,13 +134,20 @@ class ProcessFleet:
         return self.harness.write("died", name)
 
     def freeze(self, name: str) -> float:
-        t = self.harness.write("freeze", name)  # before the signal: the cut is early
-        self.workers[name].proc.send_signal(signal.SIGSTOP)
-        return t
+        """SIGSTOP; journaled once the process is stopped, so the cut is never early."""
+        proc = self.workers[name].proc
+        proc.send_signal(signal.SIGSTOP)
+        status = psutil.Process(proc.pid)
+        deadline = time.monotonic() + EXIT_TIMEOUT_S
+        while status.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return self.harness.write("freeze", name)
 
     def thaw(self, name: str) -> float:
+        """SIGCONT; journaled before the signal, so every act of the process comes after."""
+        t = self.harness.write("thaw", name)
         self.workers[name].proc.send_signal(signal.SIGCONT)
-        return self.harness.write("thaw", name)  # after the signal: resumes are early
+        return t
 
     def terminate(self, name: str) -> float:
         """SIGTERM: the worker drains and exits; see `wait_exit`."""
