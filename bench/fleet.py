@@ -30,6 +30,7 @@ import math
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +44,37 @@ from tests.support.processes import ProcessFleet
 PHASE_TIMEOUT_S = 300.0
 
 
-def settle(watch: journal.Watch, keys: list[str], live: list[str], quiet: float) -> float:
-    try:
-        return watch.wait(keys, live, quiet=quiet, timeout=PHASE_TIMEOUT_S)
-    except TimeoutError as exc:
-        raise BenchError(str(exc)) from None
+class Unsettled(Exception):
+    pass
 
 
 def phase(
-    name: str, fleet: ProcessFleet, since: float, until: float, live: list[str], optimum: int
+    name: str,
+    fleet: ProcessFleet,
+    watch: journal.Watch,
+    keys: list[str],
+    since: float,
+    live: list[str],
+    optimum: int,
+    quiet: float,
 ) -> dict[str, Any]:
+    """Wait until the fleet settled (or PHASE_TIMEOUT_S), then the phase's figures."""
+    settled = True
+    try:
+        until = watch.wait(keys, live, quiet=quiet, timeout=PHASE_TIMEOUT_S)
+    except TimeoutError as exc:
+        settled, until = False, time.monotonic()
+        print(f"{name}: {exc}", file=sys.stderr)
     records = fleet.records()
     fig = journal.figures(records, since, until)
     owners = journal.owners_at(records, until)
-    result: dict[str, Any] = {"phase": name, **fig.summary(), "optimum_starts": optimum}
+    result: dict[str, Any] = {"phase": name, "settled": settled, **fig.summary()}
+    result["optimum_starts"] = optimum
     result["balance"] = journal.balance(owners, live)
+    if not settled:
+        result["converge_s"] = None
+        result["state_at_timeout"] = watch.describe(keys, live)[:300]
+    print(f"{name}: {result}", file=sys.stderr)
     return result
 
 
@@ -93,7 +110,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             LEASE_TTL=str(args.lease_ttl),
             HEARTBEAT_INTERVAL=str(args.heartbeat),
             RECONCILE_INTERVAL="1",
-            LOG_LEVEL="WARNING",
+            LOG_LEVEL="INFO",
         )
         with httpx.Client(base_url=server.url, timeout=120) as client:
             body = {"streams": [{"key": k, "url": f"http://radio.example/{k}"} for k in keys]}
@@ -103,47 +120,46 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         workdir = Path(tempfile.mkdtemp(prefix="fleet-journal-", dir=stack.workspace))
         fleet = ProcessFleet(workdir, [server.url], capacity=capacity, drain_timeout=60)
         watch = journal.Watch(workdir)
+        names = [f"w{i:03d}" for i in range(workers)]
+        live = list(names)
+
+        def run(name: str, since: float, optimum: int) -> dict[str, Any]:
+            result["phases"].append(
+                phase(name, fleet, watch, keys, since, live, optimum, args.quiet)
+            )
+            if not result["phases"][-1]["settled"]:
+                raise Unsettled
+            return result["phases"][-1]
+
         try:
-            names = [f"w{i:03d}" for i in range(workers)]
             print(f"spawning {workers} worker processes", file=sys.stderr)
             first = fleet.spawn(names)
             joiner = fleet.spawn([f"w{workers:03d}"])
-            live = list(names)
 
-            t0 = fleet.go(first)
-            end = settle(watch, keys, live, args.quiet)
-            result["phases"].append(phase("start-up", fleet, t0, end, live, 0))
-            report_progress(result)
+            run("start-up", fleet.go(first), 0)
 
             victim = names[0]
             lost = set(watch.held.get(victim, ()))
             t1 = fleet.kill(victim)
             live.remove(victim)
-            end = settle(watch, keys, live, args.quiet)
-            kill = phase("kill", fleet, t1, end, live, len(lost))
-            kill.update(reowned(fleet.records(), lost, t1))
-            result["phases"].append(kill)
-            report_progress(result)
+            run("kill", t1, len(lost)).update(reowned(fleet.records(), lost, t1))
 
             t2 = fleet.go(joiner)
             live.append(joiner[0].name)
-            end = settle(watch, keys, live, args.quiet)
-            result["phases"].append(phase("join", fleet, t2, end, live, streams // len(live)))
-            report_progress(result)
+            run("join", t2, streams // len(live))
 
             leaver = names[1]
             held = len(watch.held.get(leaver, ()))
             t3 = fleet.terminate(leaver)
             live.remove(leaver)
-            end = settle(watch, keys, live, args.quiet)
-            leave = phase("leave", fleet, t3, end, live, held)
+            leave = run("leave", t3, held)
             code = fleet.wait_exit(leaver, timeout=30)
             leave["leaver_exit_code"] = code
             if code is None:
                 leave["leaver_note"] = "still running 30 s after its streams moved: killed"
                 fleet.kill(leaver)
-            result["phases"].append(leave)
-            report_progress(result)
+        except Unsettled:
+            pass
         finally:
             fleet.close()
             result["server_cpu_s"] = round(server.cpu_seconds(), 1)
@@ -156,11 +172,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def report_progress(result: dict[str, Any]) -> None:
-    p = result["phases"][-1]
-    print(f"{p['phase']}: {p}", file=sys.stderr)
-
-
 def report(result: dict[str, Any]) -> None:
     print(
         f"{result['streams']} streams / {result['workers']} worker processes "
@@ -171,9 +182,11 @@ def report(result: dict[str, Any]) -> None:
         f"{'dup streams':>11} {'dup total':>9} {'dup max':>8} {'gaps':>6} {'gap max':>8} "
         f"{'max/mean':>8}"
     )
-    print(header)
+    print(header)  # converge = the last start or stop of the phase − its start
     for p in result["phases"]:
         conv = p["converge_s"]
+        if not p["settled"]:
+            print(f"{p['phase']:<9} NOT SETTLED in {PHASE_TIMEOUT_S:g} s: {p['state_at_timeout']}")
         print(
             f"{p['phase']:<9} {conv if conv is None else f'{conv:.2f} s':>9} "
             f"{p['starts']:>7} {p['optimum_starts']:>8} {p['replaced']:>8} "
