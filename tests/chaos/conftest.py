@@ -21,7 +21,7 @@ import pytest
 
 from tests.support import journal
 from tests.support.cluster import Servers, Services
-from tests.support.processes import ProcessFleet, WorkerProcess
+from tests.support.processes import ProcessFleet
 
 LEASE_TTL = 3.0
 ENGINE = {"LEASE_TTL": "3", "HEARTBEAT_INTERVAL": "0.5", "RECONCILE_INTERVAL": "0.25"}
@@ -72,17 +72,10 @@ class Chaos:
         if replicas == 1:
             self.fleet.start(names)
         else:  # half the fleet talks to each replica first
-            self.fleet.go(self.fleet.spawn(names[::2]) + self._spawn_reversed(names[1::2]))
+            urls = [s.url for s in started]
+            first = self.fleet.spawn(names[::2], urls)
+            self.fleet.go(first + self.fleet.spawn(names[1::2], urls[::-1]))
         return self.settle()
-
-    def _spawn_reversed(self, names: list[str]) -> list[WorkerProcess]:
-        assert self.fleet is not None
-        servers = self.fleet.servers
-        self.fleet.servers = servers[::-1]
-        try:
-            return self.fleet.spawn(names)
-        finally:
-            self.fleet.servers = servers
 
     def settle(self, timeout: float = SETTLE_TIMEOUT) -> float:
         """Every stream on exactly one live worker, loads even, nothing moving."""

@@ -68,8 +68,11 @@ class ProcessFleet:
         self.harness = journal.Writer(self.directory, journal.HARNESS)
 
     # -- starting ------------------------------------------------------------------
-    def spawn(self, names: list[str]) -> list[WorkerProcess]:
-        """Start processes that wait for `go()`; returns once every one is ready."""
+    def spawn(self, names: list[str], servers: list[str] | None = None) -> list[WorkerProcess]:
+        """Start processes that wait for `go()`; returns once every one is ready.
+
+        `servers` (default: the fleet's) are the URLs each process tries in turn."""
+        urls = ",".join(servers or self.servers)
         started = []
         for name in names:
             log = self.directory / f"{name}.log"
@@ -77,7 +80,7 @@ class ProcessFleet:
                 proc = subprocess.Popen(
                     [
                         *(sys.executable, "-m", "tests.support.fleet_worker"),
-                        *("--server", ",".join(self.servers), "--name", name),
+                        *("--server", urls, "--name", name),
                         *("--capacity", str(self.capacity), "--journal", str(self.directory)),
                         *("--drain-timeout", str(self.drain_timeout), "--wait-go"),
                     ],
