@@ -133,7 +133,9 @@ class ServerProcesses:
                 self.children[index] = replacement
                 self.restarts += 1
                 # The others serve meanwhile: announce this one when it is up, not wait.
-                self._tasks.add(asyncio.create_task(self._announce(replacement, ready_r)))
+                task = asyncio.create_task(self._announce(replacement, ready_r))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _announce(self, child: _Child, ready_r: int) -> None:
         if await self._await_ready(child, ready_r):
