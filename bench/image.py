@@ -8,7 +8,8 @@ and `podman stop` (SIGTERM) to exit.
 
     .venv/bin/python bench/image.py [--fresh-base] [--json]
 
---fresh-base removes the base image first, to time a build on a machine that has none.
+--fresh-base removes the base image first, to time a build on a machine that has none;
+--no-cache builds every layer anew (otherwise layers cached by an earlier build are reused).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         base_s = [podman.ensure_base(base, workdir) for base in base_images()]
         result["base_s"] = [None if s is None else round(s, 1) for s in base_s]
         print(f"base image: {result['base_s']} (None: already present)", flush=True)
-        result["build_s"] = round(podman.build(tag), 1)
+        result["build_cached"] = not args.no_cache
+        result["build_s"] = round(podman.build(tag, cache=not args.no_cache), 1)
         result["size_mb"] = round(podman.image_size(tag) / 1e6)
         print(f"image: build {result['build_s']} s, {result['size_mb']} MB", flush=True)
         podman.run("volume", "create", volume)
@@ -115,7 +117,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> None:
     base = ", ".join("present" if s is None else f"{s} s" for s in result["base_s"])
     print(
-        f"image {result['size_mb']} MB; build {result['build_s']} s (base: {base}); "
+        f"image {result['size_mb']} MB; build {result['build_s']} s "
+        f"({'layer cache used' if result['build_cached'] else 'no cache'}; base: {base}); "
         f"/ready after {result['first_start_ready_s']} s on a fresh volume, "
         f"{result['restart_ready_s']} s on the same volume; SIGTERM to exit "
         f"{result['first_start_stop_s']} s / {result['restart_stop_s']} s"
@@ -125,6 +128,9 @@ def report(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh-base", action="store_true", help="rebuild the base image too")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="build every layer anew (a first build)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     return run_bench(lambda: measure(args), report, as_json=args.json)

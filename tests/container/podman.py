@@ -133,7 +133,7 @@ class Podman:
             tarball.unlink(missing_ok=True)
         return time.monotonic() - began
 
-    def build(self, tag: str) -> float:
+    def build(self, tag: str, *, cache: bool = True) -> float:
         """Build the project's Dockerfile as `tag`; seconds taken."""
         mounts: list[str] = []
         for path in (CA_CERTIFICATES, *PIP_CONFIG_MOUNTS):
@@ -148,6 +148,7 @@ class Podman:
             "--format=docker",  # the OCI format has no HEALTHCHECK
             "--pull=never",
             "--network=host",
+            *([] if cache else ["--no-cache"]),
             *mounts,
             "--tag",
             tag,
