@@ -93,9 +93,15 @@ class Server:
             self.proc.wait(timeout=STOP_TIMEOUT_S)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU the server process used so far."""
-        times = psutil.Process(self.proc.pid).cpu_times()
-        return times.user + times.system
+        """User + system CPU the server used so far, its live server processes included
+        (SERVER_PROCESSES > 1)."""
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
 
     def rss_mb(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20

@@ -325,3 +325,93 @@ def test_compose_postgres_data_is_a_named_volume(compose: dict) -> None:
     named = compose.get("volumes") or {}
     sources = [str(v).split(":")[0] for v in volumes]
     assert any(source in named for source in sources), "postgres data needs a named volume"
+
+
+# ---------------------------------------------------------------- compose.yaml: scaling
+
+COMPOSE_TOP_LEVEL = {"name", "services", "volumes", "networks", "configs", "secrets"}
+SERVICE_KEYS = {
+    "image",
+    "build",
+    "command",
+    "environment",
+    "volumes",
+    "healthcheck",
+    "restart",
+    "depends_on",
+    "ports",
+    "stop_grace_period",
+}
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}` with `env`."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            pytest.fail(f"${{{name}}} is required: {arg}")
+        return arg if op == ":-" else ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
+
+
+def host_ports(spec: str) -> range:
+    """The host ports of a short-syntax port mapping (`[IP:]HOST[-HOST]:CONTAINER`)."""
+    parts = spec.split(":")
+    assert len(parts) in {2, 3}, f"give host and container port explicitly: {spec}"
+    first, _, last = parts[-2].partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
+def test_compose_has_only_known_keys(compose: dict) -> None:
+    """A misspelt key (`healthckeck`) would be ignored by an old engine, not rejected."""
+    assert set(compose) <= COMPOSE_TOP_LEVEL, set(compose) - COMPOSE_TOP_LEVEL
+    for name, service in compose["services"].items():
+        unknown = set(service) - SERVICE_KEYS
+        assert not unknown, f"{name}: unexpected keys {unknown}"
+        assert "image" in service or "build" in service, name
+        assert service.get("restart") == "unless-stopped", name
+
+
+def test_compose_orchestrator_scales(compose: dict) -> None:
+    """`docker compose up --scale orchestrator=2` needs no fixed name and a host port range."""
+    orchestrator = compose["services"]["orchestrator"]
+    assert "container_name" not in orchestrator, "a fixed name allows one container only"
+    env = {"POSTGRES_PASSWORD": "x"}
+    (spec,) = [interpolate(str(p), env) for p in orchestrator["ports"]]
+    assert spec.endswith(":8001")
+    assert len(host_ports(spec)) >= 2, f"one host port fits one replica: {spec}"
+    custom = interpolate(str(orchestrator["ports"][0]), {**env, "ORCHESTRATOR_PORTS": "9000-9003"})
+    assert host_ports(custom) == range(9000, 9004), "ORCHESTRATOR_PORTS must choose the range"
+
+
+def test_compose_postgres_has_room_for_the_replicas(compose: dict) -> None:
+    """max_connections covers the replicas the port range allows, pool and extras included."""
+    from streamorch.config import Settings
+
+    orchestrator = compose["services"]["orchestrator"]
+    replicas = len(
+        host_ports(interpolate(str(orchestrator["ports"][0]), {"POSTGRES_PASSWORD": "x"}))
+    )
+    command = " ".join(compose["services"]["postgres"].get("command", []))
+    found = re.search(r"max_connections=(\d+)", command)
+    assert found, "set max_connections explicitly: the default 100 is easy to exhaust"
+    per_replica = Settings.model_fields["db_pool_max_size"].default + 3  # heartbeats, LISTEN
+    assert int(found.group(1)) >= replicas * per_replica + 10
+
+
+def test_compose_services_depend_on_every_healthcheck(compose: dict) -> None:
+    """Every service the orchestrator waits for reports health, and it waits for each."""
+    services = compose["services"]
+    depends = services["orchestrator"]["depends_on"]
+    for name, service in services.items():
+        if name == "orchestrator":
+            continue
+        assert "healthcheck" in service, f"{name} has no healthcheck"
+        assert depends.get(name, {}).get("condition") == "service_healthy", name
+        check = service["healthcheck"]
+        for key in ("interval", "timeout", "retries", "start_period"):
+            assert key in check, f"{name} healthcheck lacks {key}"

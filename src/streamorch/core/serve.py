@@ -200,6 +200,9 @@ async def _serve(
         report: StartupReport = await run_startup(settings, services)
         if instance is not None:  # a later start after a crash takes these over
             instance.record_started(services.started_here() | instance.inherited())
+        if settings.server_processes > 1:
+            await _serve_processes(settings, sock, began)
+            return
         app = create_app(settings, report)
         config = uvicorn.Config(
             app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=10
@@ -209,13 +212,7 @@ async def _serve(
         while not server.started and not server_task.done():
             await asyncio.sleep(0.01)
         if server.started:
-            log.info(
-                "orchestrator ready on http://%s:%d (start-up took %.0f ms)",
-                settings.orchestrator_host,
-                settings.orchestrator_port,
-                (time.monotonic() - began) * 1000,
-                extra={"action": "ready", "duration_ms": round((time.monotonic() - began) * 1000)},
-            )
+            _log_ready(settings, began)
         await server_task
         if not server.started:
             raise StartupError(
@@ -229,3 +226,50 @@ async def _serve(
             )
     finally:
         sock.close()
+
+
+def _log_ready(settings: Settings, began: float) -> None:
+    log.info(
+        "orchestrator ready on http://%s:%d (start-up took %.0f ms)",
+        settings.orchestrator_host,
+        settings.orchestrator_port,
+        (time.monotonic() - began) * 1000,
+        extra={"action": "ready", "duration_ms": round((time.monotonic() - began) * 1000)},
+    )
+
+
+async def _serve_processes(settings: Settings, sock: socket.socket, began: float) -> None:
+    """SERVER_PROCESSES > 1: children serve on `sock`; stopped before any embedded service.
+
+    A raising signal handler cannot unwind an event loop that waits in uvloop (it only logs
+    the exception), so while supervising, SIGTERM/SIGINT set an event instead.
+    """
+    from streamorch.core.processes import ServerProcesses
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
+        loop.call_soon_threadsafe(stop.set)
+
+    processes = ServerProcesses(settings, sock)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    supervisor = asyncio.create_task(processes.run(on_ready=lambda: _log_ready(settings, began)))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({supervisor, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if supervisor.done():
+            supervisor.result()  # start-up of the processes failed: raise it
+        log.info(
+            "stop requested (%s); shutting down",
+            received[0] if received else "signal",
+            extra={"action": "stop_requested"},
+        )
+    finally:
+        for task in (supervisor, stopping):
+            task.cancel()
+        processes.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
