@@ -97,7 +97,13 @@ async def _report(rt: Runtime) -> dict[str, Any]:
         if rt.orchestrator is not None
         else {"status": "starting", "error": None, "suggestion": None}
     )
-    status = health.overall(postgres, redis, reconciler["status"], rt.settings.redis_required)
+    level = health.overall(postgres, redis, reconciler["status"], rt.settings.redis_required)
+    # Top-level "healthy" whenever this server can serve, degraded or not: the original
+    # instances' clients treat anything else as "orchestrator down" and stop heartbeating
+    # (docs/decisions/0011-health-keeps-original-clients-connected.md). What is impaired
+    # is listed in `degraded`.
+    status = "unhealthy" if level == "unhealthy" else "healthy"
+    degraded = [] if level == "healthy" else _impaired(postgres, redis, reconciler)
     errors = [
         {
             "service": name,
@@ -128,6 +134,7 @@ async def _report(rt: Runtime) -> dict[str, Any]:
         }
     return {
         "status": status,
+        "degraded": degraded,
         "timestamp": health.now_iso(),
         "services": {"postgresql": postgres, "redis": redis},
         "reconciler": reconciler,
@@ -138,6 +145,12 @@ async def _report(rt: Runtime) -> dict[str, Any]:
         "details": details,
         "errors": errors,
     }
+
+
+def _impaired(postgres: health.Check, redis: health.Check, reconciler: health.Check) -> list[str]:
+    checks = (("postgresql", postgres), ("redis", redis))
+    names = [name for name, check in checks if check["status"] != "ready"]
+    return names + (["reconciler"] if reconciler["status"] == "stale" else [])
 
 
 @router.get("/health")
