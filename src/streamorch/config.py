@@ -91,6 +91,8 @@ class Settings(BaseSettings):
         "REBALANCE_THRESHOLD", default=0.0, ge=0, le=1, example="0.05"
     )
     max_moves_per_pass: int = _env("MAX_MOVES_PER_PASS", default=100, ge=0, example="100")
+    # Instances of the original protocol beat every 30-60 s and may be ~35 s late.
+    compat_lease_ttl: float = _env("COMPAT_LEASE_TTL", default=150.0, gt=0, le=86400, example="150")
 
     # Logging.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = _env(

@@ -316,15 +316,32 @@ def workers_list(
     if as_json:
         _json(items)
         return
-    table = _table("name", "status", "load", "streams", "labels", "last heartbeat", "id")
+    table = _table(
+        "name",
+        "kind",
+        "status",
+        "load",
+        "streams",
+        "pinned",
+        "labels",
+        "last heartbeat",
+        "lease until",
+        "id",
+    )
     for w in items:
+        kind = w.get("kind", "sdk")
+        if w.get("generation"):
+            kind += f" ({w['generation']})"
         table.add_row(
             w["name"],
+            kind,
             w["status"],
             f"{w['load']}/{w['capacity']}",
             str(w["streams"]),
+            str(len(w.get("pinned_streams") or [])) if w.get("kind") == "original" else "-",
             _labels(w.get("labels")),
             w["last_heartbeat"],
+            w.get("lease_expires_at", ""),
             w["worker_id"],
         )
     _out().print(table)
@@ -378,6 +395,13 @@ def status(server: Server = DEFAULT_SERVER, token: Token = None, as_json: AsJson
     _out().print(table)
 
 
+def _worker_of(event: dict) -> str:
+    name = event["worker"] or "-"
+    if event.get("worker_kind") == "original":
+        name += f" (original {event.get('worker_generation') or ''})".replace(" )", ")")
+    return name
+
+
 def events(
     server: Server = DEFAULT_SERVER,
     token: Token = None,
@@ -398,7 +422,7 @@ def events(
             e["at"],
             e["kind"],
             e["stream"] or "-",
-            e["worker"] or "-",
+            _worker_of(e),
             e["reason"] or "-",
         )
     _out().print(table)

@@ -29,6 +29,11 @@ One pass, in order (each phase sees what the earlier ones planned):
 4. Draining workers: streams move off only when a target has room.
 5. Rebalance (I5/I6) among non-draining workers; see `_Planner.rebalance`.
 
+Pinned workers (instances of the original protocol, which cannot be told to stop
+anything) are never a target, and what they hold is fixed: no constraint,
+capacity, drain or rebalance revoke touches it. Only a deleted or disabled stream
+is revoked there (without a target: nothing else may start it until they stop).
+
 Cost (the reconciler runs this every second at up to 100,000 streams / 1,000
 workers; figures from bench/placement.py): workers are grouped by (capacity,
 labels). Inside a group the least loaded worker is both the best choice and the
@@ -102,6 +107,13 @@ def explain(snapshot: Snapshot, key: str, policy: Policy | None = None) -> str:
             f"stream {key!r} still runs on worker {owner!r} and moves to worker "
             f"{holding.target!r} once {owner!r} reports it stopped"
         )
+    worker = snapshot.workers[owner]
+    if worker.pinned:
+        return (
+            f"stream {key!r} runs on instance {worker.name or owner!r} of the original protocol, "
+            "which cannot be told to stop a stream: it is pinned there until that instance "
+            "releases it or its lease expires"
+        )
     for revoke in result.revokes:
         if revoke.stream == key:
             where = (
@@ -112,7 +124,6 @@ def explain(snapshot: Snapshot, key: str, policy: Policy | None = None) -> str:
             return f"stream {key!r} runs on worker {owner!r} and moves {where}: {_REASONS[revoke.reason]}"
     if key in planner.notes:
         return f"stream {key!r} runs on worker {owner!r}, {planner.notes[key]}"
-    worker = snapshot.workers[owner]
     return (
         f"stream {key!r} runs on worker {owner!r}, which satisfies its requirements and has "
         f"capacity for it ({planner.safe[owner]}/{worker.capacity} used after this pass); it stays there (I5)"
@@ -215,6 +226,7 @@ class _Planner:
         held, unassigned, fallback = self.held, self.unassigned, self.fallback
         assignments = self.snapshot.assignments
         worker_labels = {wid: w.labels for wid, w in workers.items()}
+        pinned = {wid for wid, w in workers.items() if w.pinned}
         incoming: dict[str, int] = {}
         gone: list[Revoke] = []
         mandatory: list[tuple[str, str, str]] = []
@@ -245,6 +257,9 @@ class _Planner:
                 continue
             if not s.enabled:
                 gone.append(Revoke(key, owner, None, "disabled"))
+                continue
+            if owner in pinned:  # counted, but neither checked nor movable
+                final[owner] += w
                 continue
             if s.requires and not _satisfies(worker_labels[owner], s.requires):
                 mandatory.append((key, owner, "constraint"))
@@ -284,7 +299,7 @@ class _Planner:
     def build_groups(self) -> None:
         for wid in sorted(self.workers):
             worker = self.workers[wid]
-            if worker.draining or worker.capacity <= 0:
+            if worker.draining or worker.pinned or worker.capacity <= 0:
                 continue
             gkey = (worker.capacity, self.labels[wid])
             group = self.groups.get(gkey)
@@ -583,13 +598,23 @@ class _Planner:
                 heapq.heappush(heap, (load, wid))
 
     def unplaced_reason(self, rk: ReqKey, req: Mapping[str, str], w: int) -> str:
-        if not self.workers:
+        pinned = sum(1 for w in self.workers.values() if w.pinned and rk <= self.labels[w.id])
+        later = (
+            f"; {_count(pinned, 'instance')} of the original protocol may take it when it pulls"
+            if pinned
+            else ""
+        )
+        return self._unplaced_reason(rk, req, w) + later
+
+    def _unplaced_reason(self, rk: ReqKey, req: Mapping[str, str], w: int) -> str:
+        workers = {wid: v for wid, v in self.workers.items() if not v.pinned}
+        if not workers:
             return "no live worker"
-        eligible = [wid for wid in self.workers if rk <= self.labels[wid]]
+        eligible = [wid for wid in workers if rk <= self.labels[wid]]
         wanted = _labels_text(req)
         if not eligible:
             return f"no live worker has labels {wanted}"
-        draining = sum(1 for wid in eligible if self.workers[wid].draining)
+        draining = sum(1 for wid in eligible if workers[wid].draining)
         active = len(eligible) - draining
         with_labels = f" has labels {wanted} and" if req else ""
         if not active:

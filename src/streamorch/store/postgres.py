@@ -222,7 +222,14 @@ class EngineStore:
     # -- fleet -----------------------------------------------------------------
     @retry_conflicts
     async def register(
-        self, *, name: str, capacity: int, labels: dict[str, str], address: str | None, ttl: float
+        self,
+        *,
+        name: str,
+        capacity: int,
+        labels: dict[str, str],
+        address: str | None,
+        ttl: float,
+        kind: str = "sdk",
     ) -> tuple[dict[str, Any], set[str]]:
         params = {
             "name": name,
@@ -230,6 +237,7 @@ class EngineStore:
             "labels": Jsonb(labels),
             "address": address,
             "ttl": ttl,
+            "kind": kind,  # "original": an instance of the original protocol (core/compat.py)
         }
         async with self.db.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
@@ -420,8 +428,9 @@ class EngineStore:
                 labels=labels,
                 draining=status == "draining",
                 name=name,
+                pinned=pinned,
             )
-            for wid, name, capacity, labels, status in await cur.fetchall()
+            for wid, name, capacity, labels, status, pinned in await cur.fetchall()
         }
         cur = await conn.execute(sql("placement_rows"))
         streams: dict[str, StreamView] = {}
