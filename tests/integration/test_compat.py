@@ -21,7 +21,7 @@ from tests.conftest import FAST_ENGINE
 from tests.original_clients import C1, C2, C3, Instance, Persisted, Timing, http_server, overlaps
 from tests.simulated import Fleet, all_events, wait_until
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = pytest.mark.anyio
 
 FAST = Timing(heartbeat=0.3, pull=0.1, retry_delays=(0.02, 0.04))
 COMPAT = {**FAST_ENGINE, "COMPAT_LEASE_TTL": "1.5"}
