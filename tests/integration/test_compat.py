@@ -15,7 +15,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from streamorch.cli.main import app
 from streamorch.services.embedded import DataDir, EmbeddedValkey
 from tests.conftest import FAST_ENGINE
 from tests.original_clients import C1, C2, C3, Instance, Persisted, Timing, http_server, overlaps
@@ -63,6 +65,12 @@ async def catalog(api: httpx.AsyncClient, ids: range | list[int]) -> None:
 async def owners(api: httpx.AsyncClient) -> dict[int, str]:
     body = (await api.get("/streams/assignments")).json()
     return {a["stream_id"]: a["server_id"] for a in body["assignments"]}
+
+
+def cli(server: str, *args: str) -> str:
+    result = CliRunner().invoke(app, list(args), env={"STREAMORCH_SERVER": server})
+    assert result.exit_code == 0, result.output
+    return result.stdout
 
 
 def ok(response: httpx.Response) -> dict[str, Any]:
@@ -246,6 +254,12 @@ async def test_three_generations_share_fifty_streams(server, api):
             "c3": ("original", "C3"),
         }
         assert listed["c2"]["pinned_streams"] == [str(i) for i in sorted(range(21, 41), key=str)]
+        # The CLI lists them with kind and generation, pinned streams and events too.
+        listing = await anyio.to_thread.run_sync(cli, server, "workers", "list")
+        assert "original (C2)" in listing
+        assert "original (C3)" in listing
+        log = await anyio.to_thread.run_sync(cli, server, "events", "--limit", "1000")
+        assert "c1 (original C1)" in log
         explain = (await api.get("/v1/streams/25/explain")).json()
         assert "pinned" in str(explain)
         assert "'c2'" in str(explain)
