@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import psycopg
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from streamorch.api import deps
@@ -172,7 +174,11 @@ async def assignments(compat: Compat = Depends(_compat)) -> dict[str, Any]:
 
 @router.get("/status")
 async def status(orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, Any]:
-    view = await orch.status()
+    try:
+        view = await orch.status()
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        # As the original: still 200, saying what is wrong.
+        return {"orchestrator_status": "error", "error": f"PostgreSQL is unavailable: {exc}"}
     streams, workers = view["streams"], view["workers"]
     return {
         "orchestrator_status": "active",
