@@ -84,6 +84,9 @@ def ok(response: httpx.Response) -> dict[str, Any]:
 
 async def test_root_protocol_answers_as_the_clients_expect(api):
     await catalog(api, range(1, 8))
+    # Server ids as deployed (an underscore is no v1 worker name, yet must register).
+    other = {"server_id": "fingerv7_2", "ip": "10.0.0.2", "port": 8000, "max_streams": 1}
+    assert ok(await api.post("/register", json=other))["status"] == "registered"
     register = {"server_id": "fp-1", "ip": "10.0.0.1", "port": 8000, "max_streams": 5}
     body = ok(await api.post("/register", json=register))
     assert body["status"] == "registered"
@@ -128,7 +131,10 @@ async def test_root_protocol_answers_as_the_clients_expect(api):
     assert ok(await api.get("/instances/fp-1"))["data"]["assigned_streams"] == [1, 3, 4, 5]
 
     listed = ok(await api.get("/instances"))["instances"]
-    assert [(i["server_id"], i["current_streams"]) for i in listed] == [("fp-1", 5)]
+    assert [(i["server_id"], i["current_streams"]) for i in listed] == [
+        ("fp-1", 5),
+        ("fingerv7_2", 0),
+    ]
     assert set(listed[0]) >= {
         "server_id",
         "ip",
@@ -139,6 +145,9 @@ async def test_root_protocol_answers_as_the_clients_expect(api):
         "registered_at",
         "last_heartbeat",
     }
+    # A released stream goes to the next puller.
+    body = ok(await api.post("/streams/assign", json={"server_id": "fingerv7_2"}))
+    assert body == {"status": "assigned", "assigned_streams": [2], "count": 1}
     assignments = ok(await api.get("/streams/assignments"))["assignments"]
     assert sorted(a["stream_id"] for a in assignments if a["server_id"] == "fp-1") == [1, 3, 4, 5]
     status = ok(await api.get("/status"))

@@ -20,7 +20,7 @@ from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from streamorch.api import deps
-from streamorch.api.schemas import MAX_RUNNING, NAME_PATTERN, _check_labels
+from streamorch.api.schemas import MAX_RUNNING, _check_labels
 from streamorch.core.compat import Compat
 from streamorch.core.service import Orchestrator
 
@@ -28,7 +28,10 @@ router = APIRouter(tags=["compat"], dependencies=[Depends(deps.require_worker)])
 
 MAX_ID = 10**18 - 1  # ids are stream keys of at most 18 digits
 StreamId = Annotated[int, Field(ge=0, le=MAX_ID)]
-ServerId = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+# Looser than a v1 worker name: instances in the field use whatever their SERVER_ID was
+# (underscores, …); only whitespace and "/" (GET /instances/{server_id}) are refused.
+SERVER_ID_PATTERN = r"^[^\s/]{1,200}$"
+ServerId = Annotated[str, StringConstraints(pattern=SERVER_ID_PATTERN)]
 Count = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
 
 
@@ -240,7 +243,7 @@ async def worker_heartbeat(
 
 @router.get("/api/streams/assign")
 async def worker_assign(
-    worker_id: Annotated[str, Query(pattern=NAME_PATTERN)],
+    worker_id: Annotated[str, Query(pattern=SERVER_ID_PATTERN)],
     capacity: Annotated[int, Query(ge=-1_000_000, le=1_000_000)] = 1,
     worker_type: Annotated[str, Query(max_length=64)] = "fingerv7",
     compat: Compat = Depends(_compat),
