@@ -98,9 +98,7 @@ class Compat:
             ttl=self.ttl,
             kind="original",
         )
-        await self.store.mark_original(
-            row["id"], generation=generation, metrics=metrics, ttl=self.ttl
-        )
+        await self.store.mark_original(row["id"], generation=generation, metrics=metrics)
         await self._changed(touched | {str(row["id"])})
         return row
 

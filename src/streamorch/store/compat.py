@@ -15,11 +15,12 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import RECONCILE_LOCK_KEY
+from streamorch.store.postgres import RECONCILE_LOCK_KEY, Event
 from streamorch.store.queries import sql as engine_sql
 from streamorch.store.retry import retry_conflicts
 
@@ -37,17 +38,16 @@ def sql(name: str) -> str:
     return _queries()[name]
 
 
-async def _events(conn, kinds, streams, worker_id, reasons, details) -> None:
-    n = len(kinds)
-    if n:
+async def _events(conn: psycopg.AsyncConnection, events: list[Event]) -> None:
+    if events:
         await conn.execute(
             engine_sql("insert_events"),
             {
-                "kinds": kinds,
-                "streams": streams,
-                "workers": [str(worker_id)] * n,
-                "reasons": reasons,
-                "details": [json.dumps(d) for d in details],
+                "kinds": [e.kind for e in events],
+                "streams": [e.stream for e in events],
+                "workers": [str(e.worker) for e in events],
+                "reasons": [e.reason for e in events],
+                "details": [json.dumps(e.details) for e in events],
             },
         )
 
@@ -64,9 +64,9 @@ class CompatStore:
 
     @retry_conflicts
     async def mark_original(
-        self, worker_id: uuid.UUID, *, generation: str, metrics: dict[str, Any], ttl: float
+        self, worker_id: uuid.UUID, *, generation: str, metrics: dict[str, Any]
     ) -> list[str]:
-        """A fresh registration: kind, generation, the long lease, no hand-outs yet.
+        """A fresh registration: its generation and metrics, no hand-outs yet.
 
         Returns the streams that were being stopped there (deleted or disabled): the new
         process does not run them, so they are forgotten.
@@ -74,17 +74,12 @@ class CompatStore:
         async with self.db.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 sql("mark_original"),
-                {"id": worker_id, "generation": generation, "metrics": Jsonb(metrics), "ttl": ttl},
+                {"id": worker_id, "generation": generation, "metrics": Jsonb(metrics)},
             )
             dropped = [k for (k,) in await cur.fetchall()]
             if dropped:
                 await _events(
-                    conn,
-                    ["stopped"] * len(dropped),
-                    dropped,
-                    worker_id,
-                    ["reregistered"] * len(dropped),
-                    [{}] * len(dropped),
+                    conn, [Event("stopped", k, worker_id, "reregistered") for k in dropped]
                 )
                 await conn.execute(engine_sql("bump_generation"))
             return dropped
@@ -115,13 +110,11 @@ class CompatStore:
             back = {k for k, _ in recovered}
             lost = [k for k in handed if k not in back]
             await conn.execute(sql("sync_running"), {"id": worker_id})
+            details = {"recovered": sorted(back), "lost": lost}
             await _events(
                 conn,
-                ["assigned"] * len(recovered) + ["instance_revived"],
-                [k for k, _ in recovered] + [None],
-                worker_id,
-                ["revived"] * len(recovered) + ["heartbeat_after_expiry"],
-                [{"token": t} for _, t in recovered] + [{"recovered": sorted(back), "lost": lost}],
+                [Event("assigned", k, worker_id, "revived", {"token": t}) for k, t in recovered]
+                + [Event("instance_revived", None, worker_id, "heartbeat_after_expiry", details)],
             )
             return sorted(back), lost
 
@@ -177,22 +170,18 @@ class CompatStore:
                 await cur.execute(sql("unclaimed"), {"id": worker_id})
                 unclaimed = [r["stream_key"] for r in await cur.fetchall()]
                 await _events(
-                    conn,
-                    ["stopped"] * len(unclaimed),
-                    unclaimed,
-                    worker_id,
-                    ["unclaimed"] * len(unclaimed),
-                    [{}] * len(unclaimed),
+                    conn, [Event("stopped", k, worker_id, "unclaimed") for k in unclaimed]
                 )
             if taken or unclaimed:
                 await conn.execute(sql("sync_running"), {"id": worker_id})
                 await _events(
                     conn,
-                    ["assigned"] * len(taken),
-                    [r["stream_key"] for r in taken],
-                    worker_id,
-                    ["pulled"] * len(taken),
-                    [{"token": r["token"]} for r in taken],
+                    [
+                        Event(
+                            "assigned", r["stream_key"], worker_id, "pulled", {"token": r["token"]}
+                        )
+                        for r in taken
+                    ],
                 )
             if unclaimed:
                 await conn.execute(engine_sql("bump_generation"))  # last: the engine's lock order
@@ -211,14 +200,7 @@ class CompatStore:
             handed = [k for (k,) in await cur.fetchall()]
             if owned:
                 await conn.execute(sql("sync_running"), {"id": worker_id})
-                await _events(
-                    conn,
-                    ["stopped"] * len(owned),
-                    owned,
-                    worker_id,
-                    ["released"] * len(owned),
-                    [{}] * len(owned),
-                )
+                await _events(conn, [Event("stopped", k, worker_id, "released") for k in owned])
                 await conn.execute(engine_sql("bump_generation"))  # last: the engine's lock order
             return sorted(set(owned) | set(handed))
 

@@ -17,8 +17,7 @@ WITH w AS (
     -- The same server_id restarting keeps its generation once a heartbeat told it.
     UPDATE workers SET generation = CASE WHEN %(generation)s = 'C1/C2' AND generation IN ('C1', 'C2')
                                          THEN generation ELSE %(generation)s END,
-                       metrics = %(metrics)s::jsonb,
-                       lease_expires_at = now() + make_interval(secs => %(ttl)s)
+                       metrics = %(metrics)s::jsonb
      WHERE id = %(id)s
     RETURNING id
 ), h AS (
