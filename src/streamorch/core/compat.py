@@ -180,7 +180,7 @@ class Compat:
             return "no_streams", [], "no streams requested"
         if keys:
             return "assigned", ids_of(keys), f"{len(keys)} stream(s) assigned"
-        if state is None or state["status"] not in ("active",) or not state["lease_valid"]:
+        if state is None or state["status"] != "active":
             status = "unknown" if state is None else state["status"]
             return "no_streams", [], f"instance is {status}: it gets streams once it is active"
         if state["room"] <= 0:

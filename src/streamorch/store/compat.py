@@ -142,7 +142,7 @@ class CompatStore:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql("lock_instance"), {"id": worker_id})
             state = await cur.fetchone()
-            if state is None or state["status"] != "active" or not state["lease_valid"]:
+            if state is None or state["status"] != "active":
                 return [], state
             await cur.execute(sql("reserved"), {"id": worker_id, "limit": limit})
             keys = [r["stream_key"] for r in await cur.fetchall()]

@@ -38,7 +38,9 @@ UPDATE workers w
        metrics = %(metrics)s::jsonb,
        generation = CASE WHEN w.generation IN ('C1/C2', 'C1', 'C2') AND %(generation)s::text IS NOT NULL
                          THEN %(generation)s ELSE w.generation END
- WHERE w.name = %(name)s AND w.status IN ('active', 'draining') AND w.lease_expires_at > now()
+ -- Live until a reconcile pass expired it, even if its lease ran out meanwhile: nothing
+ -- moved off it yet.
+ WHERE w.name = %(name)s AND w.status IN ('active', 'draining')
 RETURNING w.id;
 
 -- name: recover
