@@ -21,7 +21,9 @@ none. So (docs/decisions/0012-original-instances-pinned.md):
 from __future__ import annotations
 
 import logging
+import math
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +36,7 @@ LABELS = {"protocol": "compat"}
 # The original's MAX_STREAMS_PER_INSTANCE: the capacity of an instance first seen by a
 # heartbeat of the root protocol (which carries no capacity).
 DEFAULT_MAX_STREAMS = 20
+POOL_EMPTY_TTL_S = 1.0
 
 _ID_KEY = re.compile(r"^(0|[1-9][0-9]{0,17})$")
 
@@ -72,6 +75,18 @@ class Compat:
         self.orch = orch
         self.store = CompatStore(orch.db)
         self.ttl = orch.settings.compat_lease_ttl
+        self._pool_empty_at = -math.inf
+
+    async def _pool_exists(self) -> bool:
+        """Whether any stream waits for an owner. Every instance asks every 3 s and, with
+        none waiting, the answer costs a scan of the catalog: a "no" is reused for
+        POOL_EMPTY_TTL_S (a freed stream then waits at most that much longer)."""
+        now = time.monotonic()
+        if now - self._pool_empty_at < POOL_EMPTY_TTL_S:
+            return False
+        exists = await self.store.pool_exists()
+        self._pool_empty_at = -math.inf if exists else now
+        return exists
 
     async def _changed(self, touched: set[str]) -> None:
         await self.orch.notifier.publish(touched)
@@ -162,7 +177,7 @@ class Compat:
             return "no_streams", [], "no streams requested"
         if row is None:
             return "no_streams", [], f"instance {server_id!r} is not registered: register first"
-        from_pool = requested > 0 and await self.store.pool_exists()
+        from_pool = requested > 0 and await self._pool_exists()
         keys, state = await self.store.hand_out(
             row["id"], limit=max(requested, 0), from_pool=from_pool, once=once
         )
@@ -192,6 +207,7 @@ class Compat:
         if row is None or not ids:
             return []
         released = await self.store.release(row["id"], [key_of(i) for i in sorted(set(ids))])
+        self._pool_empty_at = -math.inf  # what it freed waits for the next puller
         self.orch.reconciler.wake()
         return ids_of(released)
 

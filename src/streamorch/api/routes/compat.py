@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -90,8 +90,13 @@ class StreamUpdateBody(Lenient):
     status: str = Field(min_length=1, max_length=64)
 
 
-def _compat(orch: Orchestrator = Depends(deps.orchestrator)) -> Compat:
-    return Compat(orch)
+def _compat(request: Request, orch: Orchestrator = Depends(deps.orchestrator)) -> Compat:
+    # One per application: it remembers for a moment that no stream is waiting.
+    extras = request.app.state.runtime.extras
+    compat = extras.get("compat")
+    if compat is None or compat.orch is not orch:
+        compat = extras["compat"] = Compat(orch)
+    return compat
 
 
 def _metrics(**values: Any) -> dict[str, Any]:
