@@ -67,9 +67,12 @@ def until(predicate: Callable[[], bool], what: str) -> float:
 def health_is(client: httpx.Client, url: str, status: str) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            return client.get(url + "/health", timeout=5).json()["status"] == status
+            body = client.get(url + "/health", timeout=5).json()
         except (httpx.TransportError, ValueError):
             return False
+        # Top-level status stays "healthy" while degraded; `degraded` lists what is impaired.
+        level = "degraded" if body.get("degraded") else body["status"]
+        return level == status
 
     return check
 

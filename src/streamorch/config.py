@@ -96,6 +96,8 @@ class Settings(BaseSettings):
         "PLACEMENT_SETTLE_MAX_S", default=10.0, ge=0, le=600, example="10"
     )
     reconcile_plan_in_thread: bool = _env("RECONCILE_PLAN_IN_THREAD", default=True, example="true")
+    # Instances of the original protocol beat every 30-60 s and may be ~35 s late.
+    compat_lease_ttl: float = _env("COMPAT_LEASE_TTL", default=150.0, gt=0, le=86400, example="150")
 
     # Logging.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = _env(

@@ -1,428 +1,474 @@
-"""The original instance protocol end to end: real app, PostgreSQL and Redis, and
-instances that behave like the original ones (register, heartbeat with
-`current_streams`, pull with `/streams/assign`, give back with `/streams/release`).
+"""The original orchestrator's instance protocols, over real HTTP against a real server
+(uvicorn, PostgreSQL, Redis), with simulated instances of the three client generations
+that behave like the originals, bugs included (tests/original_clients.py).
 
-What the instances run is journaled (tests/simulated.Journal), so overlaps are seen
-from the instances' side, as in the engine tests.
+Timings are scaled down: 30 s heartbeats become 0.3 s, 3 s pulls 0.1 s, and the
+instances' lease (COMPAT_LEASE_TTL, 150 s by default) 1.5 s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-import psycopg
+import anyio
+import httpx
 import pytest
+from typer.testing import CliRunner
 
-from tests.asgi import serving
+from streamorch.cli.main import app
+from streamorch.services.embedded import DataDir, EmbeddedValkey
 from tests.conftest import FAST_ENGINE
-from tests.simulated import Journal, Record, all_events, ownership_violations, wait_until
+from tests.original_clients import C1, C2, C3, Instance, Persisted, Timing, http_server, overlaps
+from tests.simulated import Fleet, all_events, wait_until
 
 pytestmark = pytest.mark.anyio
 
-
-class Instance:
-    """An original instance: a heartbeat loop that reports what it runs and pulls for free slots.
-
-    It stops what a heartbeat answer lists in `streams_to_stop`, and stops everything and
-    registers again on 404/409. `pull=False` keeps it heartbeating without asking for more.
-    """
-
-    def __init__(self, api, name: str, max_streams: int, journal: Journal) -> None:
-        self.api = api
-        self.name = name
-        self.max_streams = max_streams
-        self.journal = journal
-        self.running: set[int] = set()
-        self.pull = True
-        self.status = "active"
-        self.incarnation = 0
-        self.interval = 0.3
-        self.conflicts: list[str] = []  # 404/409 answers: the instance had lost its lease
-        self._task: asyncio.Task | None = None
-
-    async def register(self) -> dict[str, Any]:
-        response = await self.api.post(
-            "/register",
-            json={
-                "server_id": self.name,
-                "ip": "10.0.0.7",
-                "port": 8080,
-                "max_streams": self.max_streams,
-            },
-        )
-        assert response.status_code == 201, response.text
-        body = response.json()
-        self.incarnation = body["incarnation"]
-        self.interval = body["heartbeat_interval_s"]
-        return body
-
-    def _record(self, kind: str, stream: int, why: str) -> None:
-        self.journal.add(
-            Record(Journal.mark(), self.name, self.incarnation, kind, str(stream), 0, why)
-        )
-
-    def start_streams(self, ids: list[int], why: str = "assign") -> None:
-        for i in ids:
-            assert i not in self.running, f"{self.name} was handed {i} it already runs"
-            self.running.add(i)
-            self._record("start", i, why)
-
-    def stop_streams(self, ids, why: str) -> None:
-        for i in sorted(set(ids) & self.running):
-            self.running.discard(i)
-            self._record("stop", i, why)
-
-    async def heartbeat(self):
-        return await self.api.post(
-            "/heartbeat",
-            json={
-                "server_id": self.name,
-                "current_streams": sorted(self.running),
-                "status": self.status,
-            },
-        )
-
-    async def assign(self, n: int) -> list[int]:
-        response = await self.api.post(
-            "/streams/assign", json={"server_id": self.name, "requested_count": n}
-        )
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert body["count"] == len(body["assigned_streams"]) <= n
-        return body["assigned_streams"]
-
-    async def release(self, ids: list[int]) -> dict[str, Any]:
-        self.stop_streams(ids, "release")  # the original instances stop, then say so
-        response = await self.api.post(
-            "/streams/release", json={"server_id": self.name, "stream_ids": ids}
-        )
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    async def tick(self) -> None:
-        response = await self.heartbeat()
-        if response.status_code in (404, 409):
-            self.conflicts.append(response.json()["error"]["code"])
-            self.stop_streams(list(self.running), "conflict")
-            await self.register()
-            return
-        assert response.status_code == 200, response.text
-        self.stop_streams(response.json()["streams_to_stop"], "heartbeat")
-        free = self.max_streams - len(self.running)
-        if self.pull and free > 0:
-            self.start_streams(await self.assign(free))
-
-    async def run(self) -> None:
-        await self.register()
-        self._task = asyncio.create_task(self._loop())
-
-    async def _loop(self) -> None:
-        while True:
-            await self.tick()
-            await asyncio.sleep(self.interval)
-
-    async def crash(self) -> None:
-        """The process dies: its streams stop now, the server hears nothing more."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self.stop_streams(list(self.running), "crash")
-
-
-async def add_streams(api, ids) -> None:
-    streams = [{"key": str(i), "url": f"http://radio.example/{i}.mp3"} for i in ids]
-    response = await api.post("/v1/streams/bulk", json={"streams": streams})
-    assert response.status_code == 200, response.text
-
-
-def runs_each_once(instances: list[Instance], ids) -> bool:
-    seen = [i for inst in instances for i in inst.running]
-    return sorted(seen) == sorted(ids)
-
-
-async def owners(api) -> dict[str, Any]:
-    response = await api.get("/streams/assignments")
-    assert response.status_code == 200, response.text
-    return response.json()
+FAST = Timing(heartbeat=0.3, pull=0.1, retry_delays=(0.02, 0.04))
+COMPAT = {**FAST_ENGINE, "COMPAT_LEASE_TTL": "1.5"}
 
 
 @pytest.fixture
-async def api(make_settings, postgres_server, database, redis_url):
-    """The app with fast timings but a lease long enough that a loaded machine does not
-    expire instances that are alive: the original protocol has no self-fencing, so an
-    expired instance that still runs its streams would show as an overlap."""
+def compat_settings(make_settings, postgres_server, database, redis_url):
+    return make_settings(DATABASE_URL=postgres_server.url(database), REDIS_URL=redis_url, **COMPAT)
 
-    settings = make_settings(
-        DATABASE_URL=postgres_server.url(database),
-        REDIS_URL=redis_url,
-        **{**FAST_ENGINE, "LEASE_TTL": "4"},
-    )
-    async with serving(settings) as client:
+
+@pytest.fixture
+async def server(compat_settings) -> AsyncIterator[str]:
+    async with http_server(compat_settings) as url:
+        yield url
+
+
+@pytest.fixture
+async def api(server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
         yield client
 
 
-@pytest.fixture
-def journal() -> Journal:
-    return Journal()
+@contextlib.asynccontextmanager
+async def instances(*made: Instance) -> AsyncIterator[list[Instance]]:
+    try:
+        yield list(made)
+    finally:
+        for inst in made:
+            if inst.alive:
+                await inst.kill()
 
 
-@pytest.fixture
-async def fleet(api, journal):
-    made: list[Instance] = []
-
-    def make(name: str, max_streams: int) -> Instance:
-        inst = Instance(api, name, max_streams, journal)
-        made.append(inst)
-        return inst
-
-    yield make
-    for inst in made:
-        await inst.crash()
+async def catalog(api: httpx.AsyncClient, ids: range | list[int]) -> None:
+    items = [{"key": str(i), "url": f"http://radio/{i}"} for i in ids]
+    response = await api.post("/v1/streams/bulk", json={"mode": "upsert", "streams": items})
+    assert response.is_success, response.text
 
 
-async def test_instances_share_streams_once_and_fail_over(api, fleet, journal):
-    ids = list(range(1, 31))
-    await add_streams(api, ids)
-    a, b, c = fleet("inst-a", 15), fleet("inst-b", 15), fleet("inst-c", 15)
-    for inst in (a, b, c):
-        await inst.run()
+async def owners(api: httpx.AsyncClient) -> dict[int, str]:
+    body = (await api.get("/streams/assignments")).json()
+    return {a["stream_id"]: a["server_id"] for a in body["assignments"]}
 
-    async def converged() -> bool:
-        """10 each, and the server's view (owners, reported sets) is what the instances run."""
-        if not (runs_each_once([a, b, c], ids) and all(len(i.running) == 10 for i in (a, b, c))):
-            return False
-        view = await owners(api)
-        listed = {i["server_id"]: i for i in (await api.get("/instances")).json()["instances"]}
-        return view["moving"] == [] and all(
-            {int(k) for k, name in view["assignments"].items() if name == i.name} == i.running
-            and set(listed[i.name]["current_streams"]) == i.running
-            for i in (a, b, c)
+
+def cli(server: str, *args: str) -> str:
+    result = CliRunner().invoke(app, list(args), env={"STREAMORCH_SERVER": server})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def ok(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()
+
+
+# -- the wire format ---------------------------------------------------------------------
+
+
+async def test_root_protocol_answers_as_the_clients_expect(api):
+    await catalog(api, range(1, 8))
+    # Server ids as deployed (an underscore is no v1 worker name, yet must register).
+    other = {"server_id": "fingerv7_2", "ip": "10.0.0.2", "port": 8000, "max_streams": 1}
+    assert ok(await api.post("/register", json=other))["status"] == "registered"
+    register = {"server_id": "fp-1", "ip": "10.0.0.1", "port": 8000, "max_streams": 5}
+    body = ok(await api.post("/register", json=register))
+    assert body["status"] == "registered"
+    assert body["reregistration"] is False
+
+    # requested_count 0 or below asks for nothing.
+    for count in (0, -3):
+        body = ok(
+            await api.post("/streams/assign", json={"server_id": "fp-1", "requested_count": count})
         )
+        assert body == {"status": "no_streams", "assigned_streams": [], "message": body["message"]}
 
-    await wait_until(converged, timeout=60, what="30 streams, 10 per instance, seen by the server")
-    listed = {i["server_id"]: i for i in (await api.get("/instances")).json()["instances"]}
-    assert listed["inst-a"]["protocol"] == "compat"
-    assert (listed["inst-a"]["ip"], listed["inst-a"]["port"]) == ("10.0.0.7", 8080)
+    body = ok(await api.post("/streams/assign", json={"server_id": "fp-1", "requested_count": 3}))
+    assert body == {"status": "assigned", "assigned_streams": [1, 2, 3], "count": 3}
+    body = ok(await api.post("/streams/assign", json={"server_id": "fp-1", "requested_count": 20}))
+    assert body == {"status": "assigned", "assigned_streams": [4, 5], "count": 2}  # its capacity
+    body = ok(await api.post("/streams/assign", json={"server_id": "fp-1", "requested_count": 20}))
+    assert body["status"] == "no_capacity"
+    assert body["assigned_streams"] == []
 
-    # inst-a dies: after its lease, b and c (15 slots each) run everything.
-    lost = set(a.running)
-    await a.crash()
-    await wait_until(
-        lambda: runs_each_once([b, c], ids), timeout=60, what="failover to inst-b and inst-c"
-    )
-    assert lost <= b.running | c.running
-    listed = {i["server_id"]: i for i in (await api.get("/instances")).json()["instances"]}
-    assert listed["inst-a"]["status"] == "expired"
-    status = (await api.get("/status")).json()
-    assert status["instances"]["active"] == 2
-    assert status["streams"] == {"total": 30, "assigned": 30, "unassigned": 0, "moving": 0}
-
-    assert [i.conflicts for i in (a, b, c)] == [[], [], []]
-    assert journal.overlaps() == []
-    assert ownership_violations(await all_events(api)) == []
-
-
-async def test_release_hands_streams_to_another_instance(api, fleet, journal):
-    ids = [1, 2, 3, 4]
-    await add_streams(api, ids)
-    a, b = fleet("inst-a", 4), fleet("inst-b", 4)
-    await a.run()
-    await wait_until(lambda: a.running == set(ids), timeout=30, what="inst-a runs all")
-    await b.run()
-    await wait_until(
-        lambda: runs_each_once([a, b], ids) and len(b.running) == 2,
-        timeout=30,
-        what="rebalanced 2/2",
-    )
-
-    a.pull = False
-    given_back = sorted(a.running)
-    mark = Journal.mark()
-    answer = await a.release([*given_back, 999])
-    assert answer["released_streams"] == given_back
-    assert answer["not_owned"] == [999]
-
-    def started_on_b() -> set[int]:
-        return {int(r.stream) for r in journal.starts_on("inst-b", mark)}
-
-    # Each goes to inst-b (the release chose it); rebalancing may later want some of
-    # them back on inst-a, which does not pull any more, so only the starts are checked.
-    await wait_until(lambda: set(given_back) <= started_on_b(), timeout=30, what="inst-b took them")
-    assert [r for r in journal.since(mark, "start") if r.worker != "inst-b"] == []
-    assert [a.conflicts, b.conflicts] == [[], []]
-    assert journal.overlaps() == []
-    events = await all_events(api)
-    assert {e["stream"] for e in events if e["reason"] == "released"} == {
-        str(i) for i in given_back
+    # An integer count and unknown fields (system_metrics) are accepted.
+    beat = {
+        "server_id": "fp-1",
+        "current_streams": 5,
+        "status": "active",
+        "system_metrics": {"cpu_percent": 1.0, "extra": [1, 2]},
+        "something_new": True,
     }
-    assert ownership_violations(events) == []
+    assert ok(await api.post("/heartbeat", json=beat)) == {"status": "heartbeat_updated"}
+
+    body = ok(await api.get("/instances/fp-1"))
+    assert body["status"] == "success"
+    assert body["data"]["assigned_streams"] == [1, 2, 3, 4, 5]
+    assert body["data"]["current_streams"] == 5
+    assert body["data"]["generation"] == "C1"
+    assert body["data"]["kind"] == "original"
+
+    body = ok(await api.post("/streams/release", json={"server_id": "fp-1", "stream_ids": []}))
+    assert body == {"status": "no_streams_to_release"}
+    body = ok(await api.post("/streams/release", json={"server_id": "fp-1", "stream_ids": [2, 7]}))
+    assert body == {"status": "released", "released_streams": [2], "count": 1}
+    assert ok(await api.get("/instances/fp-1"))["data"]["assigned_streams"] == [1, 3, 4, 5]
+
+    listed = ok(await api.get("/instances"))["instances"]
+    assert [(i["server_id"], i["current_streams"]) for i in listed] == [
+        ("fp-1", 5),
+        ("fingerv7_2", 0),
+    ]
+    assert set(listed[0]) >= {
+        "server_id",
+        "ip",
+        "port",
+        "max_streams",
+        "current_streams",
+        "status",
+        "registered_at",
+        "last_heartbeat",
+    }
+    # A released stream goes to the next puller.
+    body = ok(await api.post("/streams/assign", json={"server_id": "fingerv7_2"}))
+    assert body == {"status": "assigned", "assigned_streams": [2], "count": 1}
+    assignments = ok(await api.get("/streams/assignments"))["assignments"]
+    assert sorted(a["stream_id"] for a in assignments if a["server_id"] == "fp-1") == [1, 3, 4, 5]
+    status = ok(await api.get("/status"))
+    assert status["orchestrator_status"] == "active"
+    assert status["streams"]["total"] == 7
+
+    # An instance the server does not know: 200 everywhere, never 404/409.
+    body = ok(await api.post("/streams/assign", json={"server_id": "ghost", "requested_count": 2}))
+    assert body["status"] == "no_streams"
+    assert ok(
+        await api.post("/streams/release", json={"server_id": "ghost", "stream_ids": [1]})
+    ) == {
+        "status": "released",
+        "released_streams": [],
+        "count": 0,
+    }
+    assert ok(await api.post("/heartbeat", json={"server_id": "ghost", "current_streams": 0})) == {
+        "status": "heartbeat_updated"
+    }
+    ghost = ok(await api.get("/instances/ghost"))["data"]
+    assert ghost["status"] == "active"
+    assert ghost["max_streams"] == 20
+    assert (await api.get("/instances/nobody")).status_code == 404
 
 
-async def test_a_draining_instance_hands_its_streams_over(api, fleet, journal):
-    ids = [1, 2, 3, 4]
-    await add_streams(api, ids)
-    a, b = fleet("inst-a", 4), fleet("inst-b", 4)
-    await a.run()
-    await b.run()
-    await wait_until(lambda: runs_each_once([a, b], ids), timeout=30, what="placed")
+async def test_api_family_answers_as_the_third_generation_expects(api):
+    await catalog(api, range(10, 14))
+    register = {
+        "instance_id": "fp-3",
+        "worker_type": "fingerv7",
+        "capacity": 3,
+        "ip": "10.0.0.3",
+        "port": 8000,
+        "status": "active",
+        "metadata": {"version": "7", "capabilities": ["fingerprinting"]},
+    }
+    body = ok(await api.post("/api/workers/register", json=register))
+    assert body["success"] is True
+    assert body["worker_id"] == "fp-3"
 
-    a.status = "shutting_down"  # one of the original instances' words for it
-    await wait_until(
-        lambda: b.running == set(ids) and not a.running, timeout=30, what="drained to inst-b"
-    )
-    answer = await api.post("/streams/assign", json={"server_id": "inst-a", "requested_count": 4})
-    assert answer.json() == {"status": "draining", "assigned_streams": [], "count": 0}
-    listed = {i["server_id"]: i for i in (await api.get("/instances")).json()["instances"]}
-    assert listed["inst-a"]["status"] == "draining"
-    assert journal.overlaps() == []
+    params = {"worker_id": "fp-3", "capacity": 2, "worker_type": "fingerv7"}
+    body = ok(await api.get("/api/streams/assign", params=params))
+    assert body["status"] == "assigned"
+    assert body["assigned_streams"] == [10, 11]
+    assert body["total"] == 2
+    assert body["worker_id"] == "fp-3"
+    assert body["streams"][0] == {
+        "stream_id": "10",
+        "id": 10,
+        "stream_url": "http://radio/10",
+        "url": "http://radio/10",
+        "name": "10",
+        "metadata": {},
+    }
+    body = ok(await api.get("/api/streams/assign", params={**params, "capacity": 0}))
+    assert body["status"] == "no_streams"
+    assert body["assigned_streams"] == []
 
+    beat = {
+        "worker_instance_id": "fp-3",
+        "status": "active",
+        "current_load": 2,
+        "available_capacity": 1,
+        "metrics": {"cpu": 1},
+    }
+    assert ok(await api.post("/api/heartbeat", json=beat))["success"] is True
+    update = {"stream_id": "10", "worker_instance_id": "fp-3", "status": "completed"}
+    assert ok(await api.post("/api/streams/update", json=update))["success"] is True
+    assert (await owners(api))[10] == "fp-3"  # an update never frees a stream
 
-async def test_assign_hands_out_each_stream_once(api, fleet):
-    await add_streams(api, [5, 6, 7])
-    response = await api.put("/v1/streams/radio-x", json={"url": "http://radio.example/x"})
-    assert response.status_code == 201
-    inst = fleet("inst-a", 10)
-    await inst.register()
-
-    first = await inst.assign(2)
-    assert len(first) == 2
-    rest = await inst.assign(10)
-    assert sorted(first + rest) == [5, 6, 7]  # radio-x has no integer id to hand out
-    assert await inst.assign(10) == []
-    assert await inst.assign(0) == []
-
-
-async def test_a_handed_out_stream_counts_as_running_until_reported(api, fleet):
-    orch = api.app.state.runtime.orchestrator
-    await add_streams(api, [1])
-    inst = fleet("inst-a", 5)
-    await inst.register()
-    assert await inst.assign(1) == [1]
-
-    async def passes(n: int) -> None:
-        target = orch.reconciler.stats.passes + n
-        await wait_until(lambda: orch.reconciler.stats.passes >= target, what=f"{n} passes")
-
-    # The stream is deleted before the instance started it; its report without the
-    # stream may predate the hand-out, so it must not end the instance's ownership.
-    assert (await api.delete("/v1/streams/1")).status_code == 204
-    assert (await inst.heartbeat()).status_code == 200
-    await passes(3)
-    assert (await owners(api))["moving"] == [1]
-
-    # Reported running, then reported without it: now it has stopped.
-    inst.start_streams([1])
-    answer = (await inst.heartbeat()).json()
-    assert answer["streams_to_stop"] == [1]
-    inst.stop_streams([1], "heartbeat")
-    assert (await inst.heartbeat()).status_code == 200
-    await wait_until(lambda: _no_owner(api), what="move finished")
+    workers = ok(await api.get("/api/workers"))
+    assert [(w["instance_id"], w["current_load"], w["generation"]) for w in workers["workers"]] == [
+        ("fp-3", 2, "C3")
+    ]
+    # C3 releases on the root path.
+    body = ok(await api.post("/streams/release", json={"server_id": "fp-3", "stream_ids": [11]}))
+    assert body["released_streams"] == [11]
+    # A heartbeat from an unknown worker registers it, with the capacity it reports.
+    ghost = {**beat, "worker_instance_id": "fp-9", "current_load": 0, "available_capacity": 4}
+    assert ok(await api.post("/api/heartbeat", json=ghost))["success"] is True
+    assert ok(await api.get("/instances/fp-9"))["data"]["max_streams"] == 4
 
 
-async def test_a_hand_out_is_running_before_the_next_report(api, fleet, postgres_server, database):
-    """A pass that began before the instance's last report revokes what it then pulled:
-    that report (without the stream) must not count as the stream's stop."""
-    orch = api.app.state.runtime.orchestrator
-    await add_streams(api, [1])
-    inst = fleet("inst-a", 5)
-    await inst.register()
-    assert (await inst.heartbeat()).status_code == 200
-    assert await inst.assign(1) == [1]
-    # Async: a blocking connection waiting for a row lock of the app's reconciler would
-    # stall the event loop that reconciler needs to finish.
-    conn = await psycopg.AsyncConnection.connect(
-        postgres_server.conninfo(database), autocommit=True
-    )
-    async with conn:
-        await conn.execute(
-            "UPDATE assignments SET state = 'revoking', reason = 'rebalance', "
-            "revoked_at = now() - interval '1 hour' WHERE stream_key = '1'"
+async def test_three_generations_share_fifty_streams(server, api):
+    await catalog(api, range(1, 51))
+    persisted = Persisted()
+    made = [
+        C1(server, "c1", max_streams=20, timing=FAST),
+        C2(server, "c2", max_streams=20, timing=FAST, persisted=persisted),
+        C3(server, "c3", max_streams=20, timing=FAST, persisted=persisted),
+    ]
+    async with instances(*made) as fleet:
+        for inst in fleet:
+            await inst.start()
+        c1, c2, c3 = fleet
+        await wait_until(lambda: c1.checks >= 3 and c2.heartbeats >= 3, what="three beats")
+        held = await owners(api)
+        assert sorted(held) == list(range(1, 51))  # all placed
+        assert overlaps(fleet) == {}
+        # Each runs exactly what the server says it holds; greedy, lowest ids first.
+        for inst in fleet:
+            assert inst.running == {i for i, name in held.items() if name == inst.server_id}
+            assert len(inst.listed) == len(set(inst.listed))  # never the same id twice
+            assert inst.errors == []
+        assert c1.running == set(range(1, 21))  # its whole share in its first pull
+        assert c2.handed == [list(range(21, 41))]  # C2 pulls only once
+        assert c3.running == set(range(41, 51))
+        assert c1.consistent_checks == c1.checks  # the consistency check passes
+        listed = {w["name"]: w for w in (await api.get("/v1/workers")).json()["items"]}
+        assert {n: (w["kind"], w["generation"]) for n, w in listed.items()} == {
+            "c1": ("original", "C1"),
+            "c2": ("original", "C2"),
+            "c3": ("original", "C3"),
+        }
+        assert listed["c2"]["pinned_streams"] == [str(i) for i in sorted(range(21, 41), key=str)]
+        # The CLI lists them with kind and generation, pinned streams and events too.
+        listing = await anyio.to_thread.run_sync(cli, server, "workers", "list")
+        assert "original (C2)" in listing
+        assert "original (C3)" in listing
+        log = await anyio.to_thread.run_sync(cli, server, "events", "--limit", "1000")
+        assert "c1 (original C1)" in log
+        explain = (await api.get("/v1/streams/25/explain")).json()
+        assert "pinned" in str(explain)
+        assert "'c2'" in str(explain)
+
+
+async def test_sigkill_of_one_fails_over_on_the_survivors_next_pull(server, api):
+    await catalog(api, range(1, 31))
+    c1 = C1(server, "c1", max_streams=20, timing=FAST)
+    c3 = C3(server, "c3", max_streams=40, timing=FAST)
+    async with instances(c1, c3):
+        await c1.start()
+        await c3.start()
+        await wait_until(lambda: c3.running == set(range(21, 31)), what="c3 has 21-30")
+        assert c1.running == set(range(1, 21))
+
+        await c1.kill()  # SIGKILL: no release
+        await wait_until(lambda: c3.running == set(range(1, 31)), timeout=30, what="failover")
+        assert c3.handed[-1] == list(range(1, 21))  # one delta, each id once
+        assert len(c3.listed) == len(set(c3.listed))
+        assert sorted(await owners(api)) == list(range(1, 31))
+        assert set((await owners(api)).values()) == {"c3"}
+
+        events = await all_events(api)
+        expired = next(e["id"] for e in events if e["kind"] == "worker_expired")
+        pulled = [e for e in events if e["kind"] == "assigned" and e["worker"] == "c3"]
+        assert {e["stream"] for e in pulled if e["id"] > expired} == {str(i) for i in range(1, 21)}
+        assert all(e["reason"] == "pulled" for e in pulled)
+        assert c3.errors == []
+
+
+async def test_mixed_fleet_churn_moves_nothing_off_live_old_instances(server, api):
+    await catalog(api, range(1, 41))
+    c1 = C1(server, "c1", max_streams=10, timing=FAST)
+    c3 = C3(server, "c3", max_streams=10, timing=FAST)
+    async with instances(c1, c3), Fleet(server, capacity=30) as fleet:
+        await c1.start()
+        await c3.start()
+        await wait_until(lambda: len(c3.running) == 10, what="c3 full")
+        old_sets = {"c1": set(c1.running), "c3": set(c3.running)}
+        assert old_sets == {"c1": set(range(1, 11)), "c3": set(range(11, 21))}
+
+        def everything_runs_once() -> bool:
+            runs = {str(i) for i in c1.running | c3.running}
+            sdk = fleet.owners()
+            return (
+                set(sdk) | runs == {str(i) for i in range(1, 41)}
+                and not set(sdk) & runs
+                and all(len(v) == 1 for v in sdk.values())
+            )
+
+        await fleet.start(2, prefix="sdk")  # new workers take the rest at once
+        await fleet.wait_until(everything_runs_once, what="all 40 run once")
+        await fleet.start(2, prefix="more")  # rebalancing among new workers only
+        await fleet.wait_until(
+            lambda: everything_runs_once() and min(len(w.running) for w in fleet.live) >= 4,
+            what="rebalanced",
         )
-        await conn.execute("UPDATE cluster SET generation = generation + 1")
-    target = orch.reconciler.stats.passes + 3
-    await wait_until(lambda: orch.reconciler.stats.passes >= target, what="3 passes")
-    assert (await owners(api))["moving"] == [1]
+        await fleet["sdk000"].kill()  # a new worker dies: its streams go to new workers
+        await fleet["sdk001"].stop()  # one leaves cleanly
+        await fleet.wait_until(everything_runs_once, what="all 40 run once after churn")
+
+        events = await all_events(api)
+        off_old = [
+            e
+            for e in events
+            if e["worker"] in ("c1", "c3") and e["kind"] in ("revoked", "stopped", "moved")
+        ]
+        assert off_old == []  # 0 streams moved away from a live old instance
+        assert {"c1": c1.running, "c3": c3.running} == old_sets
+        assert any(e["kind"] == "revoked" and e["reason"] == "rebalance" for e in events)
+        assert fleet.problems() == []
+        assert c1.errors == []
+        assert c3.errors == []
+        assert overlaps([c1, c3]) == {}
 
 
-async def _no_owner(api) -> bool:
-    return (await owners(api))["count"] == 0
+async def test_restart_under_the_same_id_gets_its_streams_back(server, api):
+    await catalog(api, range(1, 16))
+    persisted = Persisted()
+    c1 = C1(server, "c1", max_streams=10, timing=FAST)
+    c3 = C3(server, "c3", max_streams=5, timing=FAST, persisted=persisted)
+    async with instances(c1, c3):
+        await c1.start()
+        await c3.start()
+        await wait_until(lambda: len(c3.running) == 5, what="c3 full")
+        before = await owners(api)
+
+        # execv every 30 min: a new process under the same id, no release first.
+        await c1.kill()
+        await c3.kill()
+        c1 = C1(server, "c1", max_streams=10, timing=FAST)
+        c3 = C3(server, "c3", max_streams=5, timing=FAST, persisted=persisted)
+        async with instances(c1, c3):
+            await c1.start()  # its first pull hands its streams back
+            assert c1.running == set(range(1, 11))
+            await c3.start()  # resumes its persisted list, which stays its own
+            assert c3.running == set(range(11, 16))
+            await wait_until(lambda: c1.checks >= 2, what="consistency checks")
+            assert c1.consistent_checks == c1.checks
+            assert await owners(api) == before
+            events = await all_events(api)
+            rejoined = [e for e in events if e["kind"] == "worker_rejoined"]
+            # C3 registers twice at start (main, then reload_streams); each time kept all.
+            assert {e["worker"]: e["details"]["kept"] for e in rejoined} == {"c1": 10, "c3": 5}
+            assert not [e for e in events if e["kind"] in ("revoked", "stopped")]
+            assert c1.errors == []
+            assert c3.errors == []
 
 
-async def test_unknown_and_expired_instances_are_told_to_register(api, fleet):
-    response = await api.post("/heartbeat", json={"server_id": "ghost", "current_streams": []})
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "instance_not_found"
-    assert "POST /register" in response.json()["error"]["message"]
-    response = await api.post("/streams/assign", json={"server_id": "ghost", "requested_count": 1})
-    assert response.status_code == 404
+async def test_heartbeat_after_expiry_revives_the_instance(server, api):
+    await catalog(api, range(1, 11))
+    c1 = C1(server, "c1", max_streams=10, timing=FAST)
+    async with instances(c1), Fleet(server, capacity=4) as fleet:
+        await c1.start()
+        assert c1.running == set(range(1, 11))
+        c1.offline = True  # cut off longer than its lease
+        await fleet.start(1, prefix="sdk")  # takes 4 of its streams once its lease ended
+        await fleet.wait_until(lambda: len(fleet.owners()) == 4, what="4 failed over")
+        taken = {int(k) for k in fleet.owners()}
 
-    inst = fleet("inst-a", 5)
-    await inst.register()
-    orch = api.app.state.runtime.orchestrator
-    await wait_until(lambda: _status_of(api, "inst-a", "expired"), timeout=30, what="lease expired")
-    assert orch is not None
-    response = await inst.heartbeat()
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "lease_expired"
-    response = await api.post("/streams/assign", json={"server_id": "inst-a", "requested_count": 1})
-    assert response.status_code == 409
-
-
-async def _status_of(api, name: str, status: str) -> bool:
-    items = (await api.get("/instances")).json()["instances"]
-    return any(i["server_id"] == name and i["status"] == status for i in items)
-
-
-@pytest.mark.parametrize(
-    ("path", "body", "where"),
-    [
-        ("/register", {"ip": "10.0.0.1", "port": 80, "max_streams": 5}, "server_id"),
-        ("/register", {"server_id": "a", "ip": "10.0.0.1", "port": 0, "max_streams": 5}, "port"),
-        (
-            "/register",
-            {"server_id": "a", "ip": "10.0.0.1", "port": 80, "max_streams": 0},
-            "max_streams",
-        ),
-        (
-            "/register",
-            {"server_id": "a b", "ip": "10.0.0.1", "port": 80, "max_streams": 5},
-            "server_id",
-        ),
-        ("/register", {"server_id": "a", "ip": "", "port": 80, "max_streams": 5}, "ip"),
-        ("/heartbeat", {"server_id": "a", "current_streams": [-1]}, "current_streams[0]"),
-        ("/heartbeat", {"server_id": "a", "current_streams": ["7"]}, "current_streams[0]"),
-        ("/heartbeat", {"server_id": "a", "current_streams": 7}, "current_streams"),
-        ("/streams/assign", {"server_id": "a", "requested_count": -1}, "requested_count"),
-        ("/streams/assign", {"server_id": "a"}, "requested_count"),
-        ("/streams/release", {"server_id": "a", "stream_ids": [True]}, "stream_ids[0]"),
-        ("/streams/release", {"server_id": "a"}, "stream_ids"),
-    ],
-)
-async def test_invalid_bodies_get_422_saying_what_is_wrong(api, path, body, where):
-    response = await api.post(path, json=body)
-    assert response.status_code == 422, response.text
-    error = response.json()["error"]
-    assert error["code"] == "invalid_input"
-    assert where in error["message"]
+        c1.offline = False
+        await wait_until(lambda: c1.heartbeats >= 2, what="heartbeats again")
+        events = await all_events(api)
+        revived = [e for e in events if e["kind"] == "instance_revived"]
+        assert len(revived) == 1
+        assert {int(k) for k in revived[0]["details"]["lost"]} == taken
+        assert {int(k) for k in revived[0]["details"]["recovered"]} == set(range(1, 11)) - taken
+        held = await owners(api)
+        assert {i for i, name in held.items() if name == "c1"} == set(range(1, 11)) - taken
+        data = ok(await api.get("/instances/c1"))["data"]
+        assert data["status"] == "active"
+        assert data["assigned_streams"] == list(range(1, 11))  # what it was handed
+        assert {e.split(":")[0] for e in c1.errors} <= {
+            "POST /heartbeat",
+            "GET /instances/c1",
+            "POST /streams/assign",
+        }  # only while cut off: never a 404 or 409 after
+        assert not [e for e in c1.errors if "HTTP" in e]
 
 
-async def test_with_tokens_instances_need_the_worker_token(
-    make_settings, postgres_server, database, redis_url
+async def test_redis_outage_keeps_the_resilient_clients_connected(
+    make_settings, postgres_server, database, data_dir
 ):
+    valkey = EmbeddedValkey(DataDir(data_dir / "valkey-under-test"))
+    port = valkey.start().port
     settings = make_settings(
         DATABASE_URL=postgres_server.url(database),
-        REDIS_URL=redis_url,
-        STREAMORCH_WORKER_TOKEN="w-secret",
+        REDIS_URL=f"redis://:{valkey.password}@127.0.0.1:{port}/0",
+        **COMPAT,
     )
-    body = {"server_id": "inst-a", "ip": "10.0.0.7", "port": 8080, "max_streams": 5}
-    async with serving(settings) as client:
-        denied = await client.post("/register", json=body)
-        assert denied.status_code == 401
-        assert denied.json()["error"]["code"] == "unauthorized"
-        headers = {"Authorization": "Bearer w-secret"}
-        assert (await client.post("/register", json=body, headers=headers)).status_code == 201
-        assert (await client.get("/instances", headers=headers)).status_code == 200
+    try:
+        async with http_server(settings) as url, httpx.AsyncClient(base_url=url) as api:
+            await catalog(api, range(1, 5))
+            c2 = C2(url, "c2", max_streams=2, timing=FAST)
+            c3 = C3(url, "c3", max_streams=2, timing=FAST)
+            async with instances(c2, c3):
+                await c2.start()
+                await c3.start()
+                await anyio.to_thread.run_sync(valkey.stop)
+
+                async def degraded() -> bool:
+                    return (await api.get("/health")).json()["degraded"] == ["redis"]
+
+                await wait_until(degraded, what="/health lists Redis as degraded")
+                body = ok(await api.get("/health"))
+                assert body["status"] == "healthy"
+                beats = {"c2": c2.heartbeats, "c3": c3.heartbeats}
+                await wait_until(
+                    lambda: c2.heartbeats >= beats["c2"] + 3 and c3.heartbeats >= beats["c3"] + 3,
+                    what="heartbeats during the outage",
+                )
+                assert not c2.local_mode
+                assert not c3.local_mode
+                assert c2.errors == []
+                assert c3.errors == []
+                assert sorted(await owners(api)) == [1, 2, 3, 4]
+    finally:
+        await anyio.to_thread.run_sync(valkey.stop)
+
+
+async def test_second_generation_restart_frees_what_it_would_not_run(server, api):
+    await catalog(api, range(1, 7))
+    persisted = Persisted()
+    c2 = C2(server, "c2", max_streams=4, timing=FAST, persisted=persisted)
+    c3 = C3(server, "c3", max_streams=6, timing=FAST)
+    async with instances(c2):
+        await c2.start()
+        assert c2.running == {1, 2, 3, 4}
+        await wait_until(lambda: c2.heartbeats >= 1, what="a heartbeat: it is known as C2")
+        await c2.kill()  # restarts without releasing
+    c2 = C2(server, "c2", max_streams=4, timing=FAST, persisted=persisted)
+    async with instances(c2, c3):
+        # B9: it counts its persisted list (requested_count 0) and runs only what it pulls,
+        # so what it owned is freed rather than reserved for it, running nowhere.
+        await c2.start()
+        assert c2.running == set()
+        await c3.start()
+        await wait_until(lambda: c3.running == set(range(1, 7)), what="c3 takes all six")
+        events = await all_events(api)
+        freed = [e for e in events if e["kind"] == "stopped" and e["reason"] == "unclaimed"]
+        assert sorted(int(e["stream"]) for e in freed) == [1, 2, 3, 4]
+        assert c2.errors == []
+        assert overlaps([c2, c3]) == {}

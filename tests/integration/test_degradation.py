@@ -99,11 +99,12 @@ async def test_redis_outage_degrades_and_recovers(
             await anyio.to_thread.run_sync(valkey.stop)
 
             async def degraded() -> bool:
-                return (await status_of(client, "/health"))[1]["status"] == "degraded"
+                return (await status_of(client, "/health"))[1]["degraded"] == ["redis"]
 
             await wait_until(degraded, what="/health degraded")
             code, body = await status_of(client, "/health")
             assert code == 200
+            assert body["status"] == "healthy"  # original clients stay connected (ADR 11)
             assert body["services"]["redis"]["details"]["code"] == "redis.unreachable"
             assert body["errors"][0]["service"] == "redis"
             assert "start Redis" in body["errors"][0]["suggestion"]
@@ -123,7 +124,8 @@ async def test_redis_outage_degrades_and_recovers(
             await anyio.to_thread.run_sync(valkey.start)
 
             async def healthy() -> bool:
-                return (await status_of(client, "/health"))[1]["status"] == "healthy"
+                body = (await status_of(client, "/health"))[1]
+                return body["status"] == "healthy" and body["degraded"] == []
 
             await wait_until(healthy, what="/health healthy again")
             await wait_until(lambda: notifier.listening["redis"], what="Redis listener back")

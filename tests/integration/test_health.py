@@ -144,7 +144,8 @@ async def test_redis_down_is_degraded_but_ready(make_settings, postgres_server, 
             ready = await client.get("/ready")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "degraded"
+    assert body["status"] == "healthy"
+    assert body["degraded"] == ["redis"]
     assert body["services"]["redis"]["details"]["code"] == "redis.unreachable"
     assert body["errors"][0]["service"] == "redis"
     assert "start Redis" in body["errors"][0]["suggestion"]

@@ -327,15 +327,32 @@ def workers_list(
     if as_json:
         _json(items)
         return
-    table = _table("name", "status", "load", "streams", "labels", "last heartbeat", "id")
+    table = _table(
+        "name",
+        "kind",
+        "status",
+        "load",
+        "streams",
+        "pinned",
+        "labels",
+        "last heartbeat",
+        "lease until",
+        "id",
+    )
     for w in items:
+        kind = w.get("kind", "sdk")
+        if w.get("generation"):
+            kind += f" ({w['generation']})"
         table.add_row(
             w["name"],
+            kind,
             w["status"],
             f"{w['load']}/{w['capacity']}",
             str(w["streams"]),
+            str(len(w.get("pinned_streams") or [])) if w.get("kind") == "original" else "-",
             _labels(w.get("labels")),
             w["last_heartbeat"],
+            w.get("lease_expires_at", ""),
             w["worker_id"],
         )
     _out().print(table)
@@ -387,6 +404,13 @@ def status(server: Server = DEFAULT_SERVER, token: Token = None, as_json: AsJson
         + (f" ({rec['last_duration_ms']} ms)" if rec.get("last_duration_ms") is not None else ""),
     )
     _out().print(table)
+
+
+def _worker_of(event: dict) -> str:
+    name = event["worker"] or "-"
+    if event.get("worker_kind") == "original":
+        name += f" (original {event.get('worker_generation') or ''})".replace(" )", ")")
+    return name
 
 
 def events(
@@ -456,7 +480,7 @@ def _event_cells(e: dict[str, Any]) -> list[str]:
         e["at"],
         e["kind"],
         e["stream"] or "-",
-        e["worker"] or "-",
+        _worker_of(e),
         e["reason"] or "-",
     ]
 

@@ -1,47 +1,44 @@
-"""The original instance protocol mapped onto the engine (API.md § Compatibility).
+"""The original orchestrator's two instance protocols, mapped onto the engine.
 
-An instance is a worker: `server_id` is its name, `max_streams` its capacity, and it
-carries the label `protocol=compat`. A stream id is the stream whose key is that id
-in decimal ("42"); streams with other keys cannot be named in this protocol.
+An instance is a worker of kind `original`: `server_id` (or `instance_id`) is its
+name, `max_streams` (or `capacity`) its capacity, and it carries the label
+`protocol=compat`. A stream id is the stream whose key is that id in decimal ("42").
 
-The engine pushes: placement grants streams to the instance as to any worker. The
-instance pulls: `/streams/assign` hands out granted streams it does not run yet, and
-records the hand-out, so that until the instance reports the stream in
-`current_streams` it counts as running there and no move of it can finish (I1).
-A heartbeat's `current_streams` is the instance's running set; a stream absent from
-it is stopped, which is how revokes are acknowledged (no version in this protocol).
-`/streams/release` is the instance's own stop report: the streams are revoked
-towards another worker and move at its next heartbeat without them.
-Failover is the engine's: an instance that stops heartbeating loses its lease.
+The original clients can never be told to stop a stream, and their heartbeat names
+none. So (docs/decisions/0012-original-instances-pinned.md):
 
-See docs/decisions/0004-compat-protocol.md.
+* what an instance owns is pinned there while its lease holds: placement never moves
+  it (domain/placement.py) and never grants the instance anything;
+* the instance takes streams when it pulls: first its own from before a restart,
+  then unassigned ones, as a delta that never repeats an id within one registration
+  (`compat_handouts` holds what each registration was handed, minus releases);
+* its heartbeat renews a lease of COMPAT_LEASE_TTL; one from an instance the server
+  no longer holds revives it (200, never an error) and takes back what nobody took;
+* only its release or the end of its lease frees its streams; new workers take them
+  in the same reconcile pass, other instances on their next pull.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import logging
+import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from streamorch.core.service import Orchestrator
-from streamorch.domain.errors import LeaseExpired, NotFound
 from streamorch.store.compat import CompatStore
 
+log = logging.getLogger(__name__)
+
 LABELS = {"protocol": "compat"}
-# Heartbeat statuses of the original instances that mean "give me nothing new".
-DRAINING_STATUSES = frozenset({"draining", "stopping", "shutting_down", "shutdown", "maintenance"})
-# The most a pull with nothing to hand out waits for the reconciler to grant something.
-MAX_PULL_WAIT_S = 2.0
+# The original's MAX_STREAMS_PER_INSTANCE: the capacity of an instance first seen by a
+# heartbeat of the root protocol (which carries no capacity).
+DEFAULT_MAX_STREAMS = 20
+POOL_EMPTY_TTL_S = 1.0
 
 _ID_KEY = re.compile(r"^(0|[1-9][0-9]{0,17})$")
-
-
-class UnknownInstance(NotFound):
-    def __init__(self, server_id: str) -> None:
-        super().__init__("instance", server_id)
-        self.args = (f"no instance {server_id!r} is registered: POST /register first",)
 
 
 def key_of(stream_id: int) -> str:
@@ -57,8 +54,11 @@ def ids_of(keys: Iterable[str]) -> list[int]:
     return sorted(i for i in map(id_of, keys) if i is not None)
 
 
-def address(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+def address(ip: str | None, port: int | None) -> str | None:
+    if not ip:
+        return None
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"{host}:{port}" if port else host
 
 
 def split_address(value: str | None) -> tuple[str | None, int | None]:
@@ -70,153 +70,194 @@ def split_address(value: str | None) -> tuple[str | None, int | None]:
     return host.strip("[]"), int(port)
 
 
-def choose_targets(
-    streams: Sequence[Mapping[str, Any]], candidates: Sequence[Mapping[str, Any]]
-) -> dict[str, str]:
-    """For each released stream, the eligible worker with room and the lowest utilisation.
-
-    Greedy, heaviest first, ties by worker id; a stream with no such worker gets no
-    target and placement decides once it stopped (possibly the same instance again).
-    """
-    load = {c["id"]: c["load"] for c in candidates}
-    chosen: dict[str, str] = {}
-    for stream in sorted(streams, key=lambda s: (-s["weight"], s["stream_key"])):
-        best = None
-        for c in candidates:
-            if not all(c["labels"].get(k) == v for k, v in stream["requires"].items()):
-                continue
-            after = load[c["id"]] + stream["weight"]
-            if after > c["capacity"]:
-                continue
-            rank = (after / c["capacity"], c["id"])
-            if best is None or rank < best[0]:
-                best = (rank, c["id"])
-        if best is not None:
-            chosen[stream["stream_key"]] = best[1]
-            load[best[1]] += stream["weight"]
-    return chosen
-
-
 class Compat:
     def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
         self.store = CompatStore(orch.db)
-        self.ttl = orch.settings.lease_ttl
+        self.ttl = orch.settings.compat_lease_ttl
+        self._pool_empty_at = -math.inf
 
-    async def _instance(self, server_id: str) -> dict[str, Any]:
-        row = await self.store.instance(server_id)
-        if row is None:
-            raise UnknownInstance(server_id)
-        return row
+    async def _pool_exists(self) -> bool:
+        """Whether any stream waits for an owner. Every instance asks every 3 s and, with
+        none waiting, the answer costs a scan of the catalog: a "no" is reused for
+        POOL_EMPTY_TTL_S (a freed stream then waits at most that much longer)."""
+        now = time.monotonic()
+        if now - self._pool_empty_at < POOL_EMPTY_TTL_S:
+            return False
+        exists = await self.store.pool_exists()
+        self._pool_empty_at = -math.inf if exists else now
+        return exists
+
+    async def _changed(self, touched: set[str]) -> None:
+        await self.orch.notifier.publish(touched)
+        self.orch.reconciler.wake()
 
     async def register(
-        self, server_id: str, ip: str, port: int, max_streams: int, labels: dict[str, str]
+        self,
+        server_id: str,
+        *,
+        capacity: int,
+        ip: str | None,
+        port: int | None,
+        labels: dict[str, str],
+        generation: str,
+        metrics: dict[str, Any],
     ) -> dict[str, Any]:
-        row = await self.orch.register(
+        """A new process under `server_id`: what it owned stays its own (handed back on its
+        first pull) while its lease holds; what it was handed before is forgotten."""
+        row, touched = await self.orch.store.register(
             name=server_id,
-            capacity=max_streams,
+            capacity=capacity,
             labels={**labels, **LABELS},
             address=address(ip, port),
+            ttl=self.ttl,
+            kind="original",
         )
-        # A new process runs nothing yet: whatever it kept is handed out again on its pull.
-        await self.store.clear_handouts(row["id"])
+        await self.store.mark_original(row["id"], generation=generation, metrics=metrics)
+        await self._changed(touched | {str(row["id"])})
         return row
 
     async def heartbeat(
-        self, server_id: str, current: list[int], status: str
-    ) -> tuple[dict[str, Any], Any]:
-        row = await self._instance(server_id)
-        reported = sorted({key_of(i) for i in current})
-        pending = await self.store.settle_handouts(row["id"], reported, ttl=self.ttl)
-        result = await self.orch.heartbeat(
-            row["id"],
-            incarnation=row["incarnation"],
-            running=sorted(set(reported) | set(pending)),
-            draining=status.lower() in DRAINING_STATUSES,
-            metrics={"protocol": "compat", "reported": len(reported), "handed_out": len(pending)},
-            report_is_current=True,
-        )
-        await self.store.restore_handouts(row["id"], ttl=self.ttl)
-        desired = ids_of(a["stream"] for a in result.assignments)
-        wanted = set(desired)
-        return {
-            "assigned_streams": desired,
-            "streams_to_stop": sorted(set(current) - wanted),
-            "awaiting_pull": len(wanted - set(current) - {int(k) for k in pending}),
-            "instance_status": result.status,
-        }, result
+        self,
+        server_id: str,
+        *,
+        metrics: dict[str, Any],
+        generation: str | None,
+        capacity: int | None = None,
+    ) -> str:
+        """Renew the lease; revive the instance if the server no longer holds it.
 
-    async def assign(self, server_id: str, requested: int) -> tuple[list[int], str]:
-        row = await self._instance(server_id)
-        keys, state = await self._hand_out(row, requested)
-        if not keys and requested > 0 and state is not None and state["status"] == "active":
-            # Nothing granted yet (e.g. right after register): give the reconciler a pass,
-            # and the fleet time to settle if instances are still registering.
-            version = await self.orch.store.version(row["id"])
+        Returns "renewed", "revived" or "created".
+        """
+        if await self.store.beat(server_id, metrics=metrics, generation=generation, ttl=self.ttl):
+            return "renewed"
+        row = await self.store.instance(server_id)
+        if row is None:
+            await self.register(
+                server_id,
+                capacity=capacity or DEFAULT_MAX_STREAMS,
+                ip=None,
+                port=None,
+                labels={},
+                generation=generation or "C1/C2",
+                metrics=metrics,
+            )
+            outcome = "created"
+        else:
+            # Its lease ran out (or it was removed) while it kept running: a new
+            # incarnation with the same hand-outs, which it still holds.
+            new, touched = await self.orch.store.register(
+                name=server_id,
+                capacity=row["capacity"],
+                labels=row["labels"],
+                address=row["address"],
+                ttl=self.ttl,
+                kind="original",
+            )
+            recovered, lost = await self.store.recover(new["id"])
+            await self._changed(touched | {str(new["id"])})
+            log.warning(
+                "instance %s of the original protocol was revived by a heartbeat after its "
+                "lease ended: %d of its streams recovered, %d run elsewhere now",
+                server_id,
+                len(recovered),
+                len(lost),
+                extra={"action": "instance_revived", "lost": len(lost)},
+            )
+            outcome = "revived"
+        await self.store.beat(server_id, metrics=metrics, generation=generation, ttl=self.ttl)
+        return outcome
+
+    async def pull(self, server_id: str, requested: int) -> tuple[str, list[int], str]:
+        """(status, ids, message): "assigned", "no_streams" or "no_capacity"."""
+        row = await self.store.instance(server_id)
+        # The second generation pulls once per process (its bug B3): this is that pull.
+        once = row is not None and row["generation"] == "C2"
+        if requested <= 0 and not once:
+            return "no_streams", [], "no streams requested"
+        if row is None:
+            return "no_streams", [], f"instance {server_id!r} is not registered: register first"
+        from_pool = requested > 0 and await self._pool_exists()
+        keys, state = await self.store.hand_out(
+            row["id"], limit=max(requested, 0), from_pool=from_pool, once=once
+        )
+        if state is not None and state.get("unclaimed"):
             self.orch.reconciler.wake()
-            settings = self.orch.settings
-            wait = min(
-                3 * settings.reconcile_interval + settings.placement_settle_s, MAX_PULL_WAIT_S
+            log.warning(
+                "instance %s (second generation) pulled for %d stream(s) after it started; %d "
+                "it owned before would run nowhere (its persisted list) and were freed",
+                server_id,
+                max(requested, 0),
+                len(state["unclaimed"]),
+                extra={"action": "compat_unclaimed", "freed": len(state["unclaimed"])},
             )
-            with contextlib.suppress(asyncio.TimeoutError):
-                await self.orch.desired(row["id"], version=version, wait=wait)
-            keys, state = await self._hand_out(row, requested)
-        if state is None:
-            raise UnknownInstance(server_id)
-        return ids_of(keys), state["status"]
+        if requested <= 0:
+            return "no_streams", [], "no streams requested"
+        if keys:
+            return "assigned", ids_of(keys), f"{len(keys)} stream(s) assigned"
+        if state is None or state["status"] != "active":
+            status = "unknown" if state is None else state["status"]
+            return "no_streams", [], f"instance is {status}: it gets streams once it is active"
+        if state["room"] <= 0:
+            return "no_capacity", [], "the instance runs as many streams as it may"
+        return "no_streams", [], "no stream is waiting for an instance"
 
-    async def _hand_out(
-        self, row: dict[str, Any], requested: int
-    ) -> tuple[list[str], dict[str, Any] | None]:
-        keys, state = await self.store.hand_out(row["id"], limit=requested, ttl=self.ttl)
-        if state is not None and (
-            state["status"] in ("expired", "left") or not state["lease_valid"]
-        ):
-            raise LeaseExpired(
-                "the lease expired (no heartbeat in time): stop every stream and register "
-                "again with POST /register",
-                status=state["status"],
-            )
-        return keys, state
-
-    async def release(self, server_id: str, stream_ids: list[int]) -> tuple[list[int], list[int]]:
-        row = await self._instance(server_id)
-        wanted = sorted(set(stream_ids))
-        owned, touched = await self.store.release(
-            row["id"], [key_of(i) for i in wanted], choose_targets
-        )
-        if touched:
-            await self.orch.notifier.publish(touched)
+    async def release(self, server_id: str, ids: list[int]) -> list[int]:
+        row = await self.store.instance(server_id)
+        if row is None or not ids:
+            return []
+        released = await self.store.release(row["id"], [key_of(i) for i in sorted(set(ids))])
+        self._pool_empty_at = -math.inf  # what it freed waits for the next puller
         self.orch.reconciler.wake()
-        released = ids_of(owned)
-        return released, [i for i in wanted if i not in set(released)]
+        return ids_of(released)
 
-    async def instances(self) -> list[dict[str, Any]]:
+    # -- views ---------------------------------------------------------------------
+
+    async def instances(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The whole fleet (new workers too) in the original's shape, plus kind and lease."""
         out = []
-        for r in await self.store.instances():
+        for r in await self.store.instances(name):
             ip, port = split_address(r["address"])
+            original = r["kind"] == "original"
+            reported = r["metrics"].get("current_streams") if original else None
+            live = r["status"] in ("active", "draining")
             out.append(
                 {
                     "server_id": r["name"],
-                    "worker_id": str(r["id"]),
                     "ip": ip,
                     "port": port,
                     "max_streams": r["capacity"],
-                    "status": r["status"],
-                    "protocol": r["labels"].get("protocol", "v1"),
-                    "current_streams": ids_of(r["running"]),
-                    "assigned_streams": ids_of(r["granted"]),
+                    "current_streams": int(
+                        reported if reported is not None else r["running_count"]
+                    ),
+                    "status": "active" if live else "inactive",
+                    "registered_at": r["registered_at"].isoformat(),
                     "last_heartbeat": r["last_heartbeat"].isoformat(),
+                    # What this registration holds: handed out minus released (original
+                    # instances), or granted (new workers).
+                    "assigned_streams": ids_of(r["handed"] if original else r["owned"]),
+                    "kind": r["kind"],
+                    "generation": r["generation"],
+                    "state": r["status"],
+                    "worker_id": str(r["id"]),
                     "lease_expires_at": r["lease_expires_at"].isoformat(),
+                    "pinned_streams": ids_of(r["owned"]) if original else [],
                 }
             )
         return out
 
-    async def owners(self) -> dict[str, Any]:
-        rows = await self.store.owners()
-        pairs = sorted((int(r["stream_key"]), r["name"], r["state"]) for r in rows)
-        return {
-            "assignments": {str(i): name for i, name, _ in pairs},
-            "moving": sorted(i for i, _, state in pairs if state == "revoking"),
-            "count": len(pairs),
-        }
+    async def assignments(self) -> list[dict[str, Any]]:
+        out = []
+        for r in await self.store.assignments():
+            ip, port = split_address(r["address"])
+            out.append(
+                {
+                    "stream_id": int(r["stream_key"]),
+                    "server_id": r["name"],
+                    "assigned_at": r["since"].isoformat(),
+                    "status": "active" if r["state"] == "granted" else "stopping",
+                    "ip": ip,
+                    "port": port,
+                }
+            )
+        return out

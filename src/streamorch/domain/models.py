@@ -18,13 +18,19 @@ EMPTY: Mapping[str, str] = MappingProxyType({})
 
 @dataclass(frozen=True)
 class WorkerView:
-    """A live worker (lease valid): `active` takes new streams, `draining` does not."""
+    """A live worker (lease valid): `active` takes new streams, `draining` does not.
+
+    `pinned`: an instance of the original protocol. It cannot be told to stop a
+    stream, so placement never moves one off it and never grants it anything: it
+    takes unassigned streams itself when it pulls (core/compat.py).
+    """
 
     id: str
     capacity: int
     labels: Mapping[str, str] = field(default_factory=dict)
     draining: bool = False
     name: str = ""
+    pinned: bool = False
 
     def satisfies(self, requires: Mapping[str, str]) -> bool:
         return all(self.labels.get(k) == v for k, v in requires.items())

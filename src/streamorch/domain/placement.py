@@ -33,6 +33,11 @@ While the snapshot is `settling` (workers still registering one after another), 
 streams of step 2 that are not the target of a finished move wait, and step 5 is
 skipped: what would be placed now would move again a moment later.
 
+Pinned workers (instances of the original protocol, which cannot be told to stop
+anything) are never a target, and what they hold is fixed: no constraint,
+capacity, drain or rebalance revoke touches it. Only a deleted or disabled stream
+is revoked there (without a target: nothing else may start it until they stop).
+
 Cost (the reconciler runs this every second at up to 100,000 streams / 1,000
 workers; figures from bench/placement.py): workers are grouped by (capacity,
 labels). Inside a group the least loaded worker is both the best choice and the
@@ -107,6 +112,13 @@ def explain(snapshot: Snapshot, key: str, policy: Policy | None = None) -> str:
             f"stream {key!r} still runs on worker {owner!r} and moves to worker "
             f"{holding.target!r} once {owner!r} reports it stopped"
         )
+    worker = snapshot.workers[owner]
+    if worker.pinned:
+        return (
+            f"stream {key!r} runs on instance {worker.name or owner!r} of the original protocol, "
+            "which cannot be told to stop a stream: it is pinned there until that instance "
+            "releases it or its lease expires"
+        )
     for revoke in result.revokes:
         if revoke.stream == key:
             where = (
@@ -117,7 +129,6 @@ def explain(snapshot: Snapshot, key: str, policy: Policy | None = None) -> str:
             return f"stream {key!r} runs on worker {owner!r} and moves {where}: {_REASONS[revoke.reason]}"
     if key in planner.notes:
         return f"stream {key!r} runs on worker {owner!r}, {planner.notes[key]}"
-    worker = snapshot.workers[owner]
     return (
         f"stream {key!r} runs on worker {owner!r}, which satisfies its requirements and has "
         f"capacity for it ({planner.safe[owner]}/{worker.capacity} used after this pass); it stays there (I5)"
@@ -221,6 +232,7 @@ class _Planner:
         held, unassigned, fallback = self.held, self.unassigned, self.fallback
         assignments = self.snapshot.assignments
         worker_labels = {wid: w.labels for wid, w in workers.items()}
+        pinned = {wid for wid, w in workers.items() if w.pinned}
         incoming: dict[str, int] = {}
         gone: list[Revoke] = []
         mandatory: list[tuple[str, str, str]] = []
@@ -251,6 +263,9 @@ class _Planner:
                 continue
             if not s.enabled:
                 gone.append(Revoke(key, owner, None, "disabled"))
+                continue
+            if owner in pinned:  # counted, but neither checked nor movable
+                final[owner] += w
                 continue
             if s.requires and not _satisfies(worker_labels[owner], s.requires):
                 mandatory.append((key, owner, "constraint"))
@@ -290,7 +305,7 @@ class _Planner:
     def build_groups(self) -> None:
         for wid in sorted(self.workers):
             worker = self.workers[wid]
-            if worker.draining or worker.capacity <= 0:
+            if worker.draining or worker.pinned or worker.capacity <= 0:
                 continue
             gkey = (worker.capacity, self.labels[wid])
             group = self.groups.get(gkey)
@@ -593,13 +608,23 @@ class _Planner:
                 heapq.heappush(heap, (load, wid))
 
     def unplaced_reason(self, rk: ReqKey, req: Mapping[str, str], w: int) -> str:
-        if not self.workers:
+        pinned = sum(1 for w in self.workers.values() if w.pinned and rk <= self.labels[w.id])
+        later = (
+            f"; {_count(pinned, 'instance')} of the original protocol may take it when it pulls"
+            if pinned
+            else ""
+        )
+        return self._unplaced_reason(rk, req, w) + later
+
+    def _unplaced_reason(self, rk: ReqKey, req: Mapping[str, str], w: int) -> str:
+        workers = {wid: v for wid, v in self.workers.items() if not v.pinned}
+        if not workers:
             return "no live worker"
-        eligible = [wid for wid in self.workers if rk <= self.labels[wid]]
+        eligible = [wid for wid in workers if rk <= self.labels[wid]]
         wanted = _labels_text(req)
         if not eligible:
             return f"no live worker has labels {wanted}"
-        draining = sum(1 for wid in eligible if self.workers[wid].draining)
+        draining = sum(1 for wid in eligible if workers[wid].draining)
         active = len(eligible) - draining
         with_labels = f" has labels {wanted} and" if req else ""
         if not active:

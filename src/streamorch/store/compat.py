@@ -1,9 +1,9 @@
-"""PostgreSQL side of the original-instance protocol (api/routes/compat.py).
+"""PostgreSQL side of the original-instance protocols (core/compat.py).
 
-Only what the engine store has no call for: hand-outs (streams an instance pulled
-but has not reported yet) and a release that revokes streams on the instance's own
-word. Every write is one transaction, like the engine store's (I7); queries live in
-`sql/compat.sql`.
+Only what the engine store has no call for: the heartbeat of an instance that names
+no stream, pulls that take unassigned streams and record what was handed to each
+registration, releases on the instance's word, and the original views. Every write
+is one transaction, like the engine store's (I7); queries live in `sql/compat.sql`.
 """
 
 from __future__ import annotations
@@ -11,21 +11,20 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from streamorch.store.database import DatabaseManager
+from streamorch.store.postgres import RECONCILE_LOCK_KEY, Event
 from streamorch.store.queries import sql as engine_sql
 from streamorch.store.retry import retry_conflicts
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-
-# Chooses a target worker per released stream: (streams, candidates) -> {key: worker id}.
-TargetChooser = Callable[[Sequence[dict[str, Any]], Sequence[dict[str, Any]]], dict[str, str]]
 
 
 @cache
@@ -39,6 +38,20 @@ def sql(name: str) -> str:
     return _queries()[name]
 
 
+async def _events(conn: psycopg.AsyncConnection, events: list[Event]) -> None:
+    if events:
+        await conn.execute(
+            engine_sql("insert_events"),
+            {
+                "kinds": [e.kind for e in events],
+                "streams": [e.stream for e in events],
+                "workers": [str(e.worker) for e in events],
+                "reasons": [e.reason for e in events],
+                "details": [json.dumps(e.details) for e in events],
+            },
+        )
+
+
 class CompatStore:
     def __init__(self, db: DatabaseManager) -> None:
         self.db = db
@@ -49,106 +62,161 @@ class CompatStore:
             await cur.execute(sql("instance"), {"name": name})
             return await cur.fetchone()
 
-    async def clear_handouts(self, worker_id: uuid.UUID) -> None:
-        async with self.db.connection() as conn:
-            await conn.execute(sql("clear_handouts"), {"id": worker_id})
-
-    async def settle_handouts(
-        self, worker_id: uuid.UUID, running: list[str], *, ttl: float
+    @retry_conflicts
+    async def mark_original(
+        self, worker_id: uuid.UUID, *, generation: str, metrics: dict[str, Any]
     ) -> list[str]:
-        """Forget hand-outs now reported (or too old); the rest count as running."""
+        """A fresh registration: its generation and metrics, no hand-outs yet.
+
+        Returns the streams that were being stopped there (deleted or disabled): the new
+        process does not run them, so they are forgotten.
+        """
         async with self.db.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                sql("settle_handouts"), {"id": worker_id, "running": running, "ttl": ttl}
+                sql("mark_original"),
+                {"id": worker_id, "generation": generation, "metrics": Jsonb(metrics)},
             )
-            return [k for (k,) in await cur.fetchall()]
+            dropped = [k for (k,) in await cur.fetchall()]
+            if dropped:
+                await _events(
+                    conn, [Event("stopped", k, worker_id, "reregistered") for k in dropped]
+                )
+                await conn.execute(engine_sql("bump_generation"))
+            return dropped
+
+    async def beat(
+        self, name: str, *, metrics: dict[str, Any], generation: str | None, ttl: float
+    ) -> bool:
+        """Renew a live instance's lease; False if it is unknown or its lease ran out."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                sql("beat"),
+                {"name": name, "metrics": Jsonb(metrics), "generation": generation, "ttl": ttl},
+            )
+            return await cur.fetchone() is not None
+
+    @retry_conflicts
+    async def recover(self, worker_id: uuid.UUID) -> tuple[list[str], list[str]]:
+        """After a revival: take back what the registration was handed and nobody took.
+
+        Returns (recovered, lost): lost streams run elsewhere (or were deleted) now.
+        """
+        async with self.db.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (RECONCILE_LOCK_KEY,))
+            cur = await conn.execute(sql("recover"), {"id": worker_id})
+            recovered = await cur.fetchall()
+            cur = await conn.execute(sql("handed"), {"id": worker_id})
+            handed = [k for (k,) in await cur.fetchall()]
+            back = {k for k, _ in recovered}
+            lost = [k for k in handed if k not in back]
+            await conn.execute(sql("sync_running"), {"id": worker_id})
+            details = {"recovered": sorted(back), "lost": lost}
+            await _events(
+                conn,
+                [Event("assigned", k, worker_id, "revived", {"token": t}) for k, t in recovered]
+                + [Event("instance_revived", None, worker_id, "heartbeat_after_expiry", details)],
+            )
+            return sorted(back), lost
+
+    async def pool_exists(self) -> bool:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(sql("pool_exists"))
+            return bool((await cur.fetchone())[0])
 
     @retry_conflicts
     async def hand_out(
-        self, worker_id: uuid.UUID, *, limit: int, ttl: float
+        self, worker_id: uuid.UUID, *, limit: int, from_pool: bool, once: bool = False
     ) -> tuple[list[str], dict[str, Any] | None]:
-        """Up to `limit` streams granted to the worker that it neither runs nor was handed.
+        """Up to `limit` streams new to the instance's registration.
 
-        Returns the keys and the worker's (status, lease_valid), or None if it is unknown.
+        First what it owns and was not handed (its own streams from before a restart),
+        then, with `from_pool`, unassigned streams it has room for, taken under the
+        reconcile lock (a pass may be granting the same streams). With `once` (an
+        instance that never pulls again), what it owned and does not get now is freed.
+        Returns the keys and
+        the instance's state (None: unknown), or no keys while it is not live.
         """
         async with self.db.connection() as conn, conn.transaction():
+            if from_pool:
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (RECONCILE_LOCK_KEY,))
             cur = conn.cursor(row_factory=dict_row)
-            # The row lock serialises concurrent pulls of one instance: no double hand-out.
             await cur.execute(sql("lock_instance"), {"id": worker_id})
             state = await cur.fetchone()
-            if state is None or state["status"] != "active" or not state["lease_valid"]:
+            if state is None or state["status"] != "active":
                 return [], state
-            await cur.execute(sql("hand_out"), {"id": worker_id, "limit": limit, "ttl": ttl})
+            await cur.execute(sql("reserved"), {"id": worker_id, "limit": limit})
             keys = [r["stream_key"] for r in await cur.fetchall()]
-            if keys:
-                await cur.execute(sql("add_running"), {"id": worker_id, "keys": keys})
-            return keys, state
-
-    async def restore_handouts(self, worker_id: uuid.UUID, *, ttl: float) -> None:
-        """Count hand-outs made while a heartbeat was in flight as running (it overwrote them)."""
-        async with self.db.connection() as conn:
-            await conn.execute(sql("restore_handouts"), {"id": worker_id, "ttl": ttl})
-
-    @retry_conflicts
-    async def release(
-        self, worker_id: uuid.UUID, keys: list[str], choose: TargetChooser
-    ) -> tuple[list[str], set[str]]:
-        """Revoke `keys` on the worker's word that it stopped them.
-
-        Each becomes a move (towards the target `choose` picks, if any) that finishes
-        at the worker's next report without it, like any other revoke (I1). Returns the
-        keys it owned and the ids of workers whose desired set changed.
-        """
-        async with self.db.connection() as conn, conn.transaction():
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(sql("lock_instance"), {"id": worker_id})
-            if await cur.fetchone() is None:
-                return [], set()
-            await cur.execute(sql("owned"), {"id": worker_id, "keys": keys})
-            owned = await cur.fetchall()
-            granted = [r for r in owned if r["state"] == "granted"]
-            touched: set[str] = set()
-            if granted:
-                await cur.execute(sql("release_targets"), {"id": worker_id})
-                targets = choose(granted, await cur.fetchall())
-                moved = [r["stream_key"] for r in granted]
+            room = state["capacity"] - state["load"]
+            taken: list[dict[str, Any]] = []
+            if from_pool and len(keys) < limit and room > 0:
                 await cur.execute(
-                    sql("release"),
-                    {"id": worker_id, "keys": moved, "targets": [targets.get(k) for k in moved]},
-                )
-                released = await cur.fetchall()
-                await conn.execute(
-                    engine_sql("insert_events"),
+                    sql("pool"),
                     {
-                        "kinds": ["revoked"] * len(released),
-                        "streams": [r["stream_key"] for r in released],
-                        "workers": [worker_id] * len(released),
-                        "reasons": ["released"] * len(released),
-                        "details": [
-                            json.dumps({"target": str(r["target_id"]) if r["target_id"] else None})
-                            for r in released
-                        ],
+                        "id": worker_id,
+                        "labels": Jsonb(state["labels"]),
+                        "limit": limit - len(keys),
+                        "room": room,
                     },
                 )
-                touched = {str(worker_id)}
-                await conn.execute(engine_sql("bump_versions"), {"ids": [str(worker_id)]})
-                await conn.execute(engine_sql("notify"), {"payload": str(worker_id)})
-                await conn.execute(engine_sql("stamp_revokes"), {"keys": moved})
-            await conn.execute(
-                sql("forget_handouts"), {"id": worker_id, "keys": [r["stream_key"] for r in owned]}
-            )
-            if granted:
+                picked = [r["key"] for r in await cur.fetchall()]
+                if picked:
+                    await cur.execute(sql("take"), {"id": worker_id, "keys": picked})
+                    taken = await cur.fetchall()
+                    keys += [r["stream_key"] for r in taken]
+            if keys:
+                await conn.execute(sql("record_handouts"), {"id": worker_id, "keys": keys})
+            unclaimed: list[str] = []
+            if once:
+                await cur.execute(sql("unclaimed"), {"id": worker_id})
+                unclaimed = [r["stream_key"] for r in await cur.fetchall()]
+                await _events(
+                    conn, [Event("stopped", k, worker_id, "unclaimed") for k in unclaimed]
+                )
+            if taken or unclaimed:
+                await conn.execute(sql("sync_running"), {"id": worker_id})
+                await _events(
+                    conn,
+                    [
+                        Event(
+                            "assigned", r["stream_key"], worker_id, "pulled", {"token": r["token"]}
+                        )
+                        for r in taken
+                    ],
+                )
+            if unclaimed:
                 await conn.execute(engine_sql("bump_generation"))  # last: the engine's lock order
-        return [r["stream_key"] for r in owned], touched
+            state["room"] = room
+            state["unclaimed"] = unclaimed
+            return keys, state
 
-    async def instances(self) -> list[dict[str, Any]]:
+    @retry_conflicts
+    async def release(self, worker_id: uuid.UUID, keys: list[str]) -> list[str]:
+        """The instance stopped `keys`: what it owned is free for others. Returns the keys it
+        owned or was handed (both now forgotten)."""
+        async with self.db.connection() as conn, conn.transaction():
+            cur = await conn.execute(sql("release"), {"id": worker_id, "keys": keys})
+            owned = [k for (k,) in await cur.fetchall()]
+            cur = await conn.execute(sql("forget_handouts"), {"id": worker_id, "keys": keys})
+            handed = [k for (k,) in await cur.fetchall()]
+            if owned:
+                await conn.execute(sql("sync_running"), {"id": worker_id})
+                await _events(conn, [Event("stopped", k, worker_id, "released") for k in owned])
+                await conn.execute(engine_sql("bump_generation"))  # last: the engine's lock order
+            return sorted(set(owned) | set(handed))
+
+    async def instances(self, name: str | None = None) -> list[dict[str, Any]]:
         async with self.db.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(sql("instances"))
+            await cur.execute(sql("instances"), {"name": name})
             return await cur.fetchall()
 
-    async def owners(self) -> list[dict[str, Any]]:
+    async def assignments(self) -> list[dict[str, Any]]:
         async with self.db.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(sql("owners"))
+            await cur.execute(sql("assignments"))
             return await cur.fetchall()
+
+    async def urls(self, keys: list[str]) -> dict[str, str]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(sql("stream_urls"), {"keys": keys})
+            return dict(await cur.fetchall())

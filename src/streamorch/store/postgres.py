@@ -224,7 +224,14 @@ class EngineStore:
     # -- fleet -----------------------------------------------------------------
     @retry_conflicts
     async def register(
-        self, *, name: str, capacity: int, labels: dict[str, str], address: str | None, ttl: float
+        self,
+        *,
+        name: str,
+        capacity: int,
+        labels: dict[str, str],
+        address: str | None,
+        ttl: float,
+        kind: str = "sdk",
     ) -> tuple[dict[str, Any], set[str]]:
         params = {
             "name": name,
@@ -232,6 +239,7 @@ class EngineStore:
             "labels": Jsonb(labels),
             "address": address,
             "ttl": ttl,
+            "kind": kind,  # "original": an instance of the original protocol (core/compat.py)
         }
         async with self.db.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
@@ -626,8 +634,9 @@ def build_snapshot(worker_rows: list[tuple], rows: list[tuple]) -> Snapshot:
             labels=labels,
             draining=status == "draining",
             name=name,
+            pinned=pinned,
         )
-        for wid, name, capacity, labels, status in worker_rows
+        for wid, name, capacity, labels, status, pinned in worker_rows
     }
     streams: dict[str, StreamView] = {}
     assignments: dict[str, Holding] = {}

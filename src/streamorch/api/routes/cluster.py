@@ -34,6 +34,8 @@ async def events(
             "stream": r["stream_key"],
             "worker_id": str(r["worker_id"]) if r["worker_id"] else None,
             "worker": r["worker_name"],
+            "worker_kind": r.get("worker_kind"),  # "original": an original-protocol instance
+            "worker_generation": r.get("worker_generation"),
             "reason": r["reason"],
             "details": r["details"],
         }

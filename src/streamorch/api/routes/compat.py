@@ -1,39 +1,50 @@
-"""The original instance protocol (API.md § Compatibility), served beside API v1.
+"""The original orchestrator's instance protocols, served beside API v1.
 
-Integer stream ids, `server_id` as the worker name; the mapping onto the engine is
-in core/compat.py. Unknown body fields are ignored (instances in the field may send
-more than the protocol names); the named ones are validated like the rest of the API.
+Protocol 1 (root paths: /register, /heartbeat, /streams/assign, /streams/release,
+/instances, /streams/assignments, /status) and protocol 2 (/api/workers/register,
+/api/heartbeat, GET /api/streams/assign, /api/streams/update, /api/workers). Their
+clients accept only HTTP 200 and compare literal status strings, so every answer
+they read is 200 with exactly those strings (docs/reference/compat-protocol.md).
+Unknown body fields are accepted and ignored; the named ones are validated like
+the rest of the API. The mapping onto the engine is in core/compat.py.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+import psycopg
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from streamorch.api import deps
-from streamorch.api.schemas import MAX_RUNNING, NAME_PATTERN, _check_labels
+from streamorch.api.schemas import MAX_RUNNING, _check_labels
 from streamorch.core.compat import Compat
 from streamorch.core.service import Orchestrator
 
 router = APIRouter(tags=["compat"], dependencies=[Depends(deps.require_worker)])
 
 MAX_ID = 10**18 - 1  # ids are stream keys of at most 18 digits
-StreamId = Annotated[int, Field(ge=0, le=MAX_ID, strict=True)]
-ServerId = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+StreamId = Annotated[int, Field(ge=0, le=MAX_ID)]
+# Looser than a v1 worker name: instances in the field use whatever their SERVER_ID was
+# (underscores, …); only whitespace and "/" (GET /instances/{server_id}) are refused.
+SERVER_ID_PATTERN = r"^[^\s/]{1,200}$"
+ServerId = Annotated[str, StringConstraints(pattern=SERVER_ID_PATTERN)]
+Count = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
 
 
 class Lenient(BaseModel):
+    # The clients send more than the protocol names (system_metrics, metadata, metrics…).
     model_config = ConfigDict(extra="ignore")
 
 
 class RegisterBody(Lenient):
     server_id: ServerId
     ip: str = Field(min_length=1, max_length=255, pattern=r"^[^\s/]+$")
-    port: int = Field(ge=1, le=65535)
-    max_streams: int = Field(ge=1, le=1_000_000)
+    port: int = Field(ge=0, le=65535)
+    max_streams: int = Field(20, ge=1, le=1_000_000)
     labels: dict[str, str] = Field(default_factory=dict)
 
     _labels = field_validator("labels")(_check_labels)
@@ -41,13 +52,14 @@ class RegisterBody(Lenient):
 
 class HeartbeatBody(Lenient):
     server_id: ServerId
-    current_streams: list[StreamId] = Field(default_factory=list, max_length=MAX_RUNNING)
-    status: str = Field("active", min_length=1, max_length=32)
+    current_streams: Count  # a count: the clients never send ids
+    status: str = Field("active", max_length=64)
+    system_metrics: dict[str, Any] | None = None
 
 
 class AssignBody(Lenient):
     server_id: ServerId
-    requested_count: int = Field(ge=0, le=MAX_RUNNING)
+    requested_count: Count = 20
 
 
 class ReleaseBody(Lenient):
@@ -55,97 +67,243 @@ class ReleaseBody(Lenient):
     stream_ids: list[StreamId] = Field(max_length=MAX_RUNNING)
 
 
-def _compat(orch: Orchestrator = Depends(deps.orchestrator)) -> Compat:
-    return Compat(orch)
+class WorkerRegisterBody(Lenient):
+    instance_id: ServerId
+    worker_type: str = Field("fingerv7", max_length=64)
+    capacity: int = Field(1, ge=1, le=1_000_000)
+    ip: str | None = Field(None, max_length=255, pattern=r"^[^\s/]+$")
+    port: int | None = Field(None, ge=0, le=65535)
+    status: str = Field("active", max_length=64)
 
 
-def _timing(request: Request) -> dict[str, float]:
-    settings = request.app.state.runtime.settings
-    return {"heartbeat_interval_s": settings.heartbeat_interval, "lease_ttl_s": settings.lease_ttl}
+class WorkerHeartbeatBody(Lenient):
+    worker_instance_id: ServerId
+    status: str = Field("active", max_length=64)
+    current_load: Count = 0
+    available_capacity: Count = 0
+    capacity: int | None = Field(None, ge=1, le=1_000_000)
 
 
-@router.post("/register", status_code=201)
-async def register(
-    request: Request, body: RegisterBody, compat: Compat = Depends(_compat)
-) -> JSONResponse:
-    row = await compat.register(body.server_id, body.ip, body.port, body.max_streams, body.labels)
-    return JSONResponse(
-        {
-            "status": "registered",
-            "server_id": body.server_id,
-            "worker_id": str(row["id"]),
-            "incarnation": row["incarnation"],
-            "max_streams": body.max_streams,
-            **_timing(request),
-        },
-        status_code=201,
+class StreamUpdateBody(Lenient):
+    stream_id: int | str
+    worker_instance_id: ServerId
+    status: str = Field(min_length=1, max_length=64)
+
+
+def _compat(request: Request, orch: Orchestrator = Depends(deps.orchestrator)) -> Compat:
+    # One per application: it remembers for a moment that no stream is waiting.
+    extras = request.app.state.runtime.extras
+    compat = extras.get("compat")
+    if compat is None or compat.orch is not orch:
+        compat = extras["compat"] = Compat(orch)
+    return compat
+
+
+def _metrics(**values: Any) -> dict[str, Any]:
+    return {"protocol": "original", **{k: v for k, v in values.items() if v is not None}}
+
+
+# -- protocol 1 (C1, C2; C3's release) ------------------------------------------------------
+
+
+@router.post("/register")
+async def register(body: RegisterBody, compat: Compat = Depends(_compat)) -> dict[str, Any]:
+    known = await compat.store.instance(body.server_id)
+    await compat.register(
+        body.server_id,
+        capacity=body.max_streams,
+        ip=body.ip,
+        port=body.port,
+        labels=body.labels,
+        generation="C1/C2",
+        metrics=_metrics(current_streams=0, status="active"),
     )
+    return {
+        "status": "registered",
+        "server_id": body.server_id,
+        "max_streams": body.max_streams,
+        "reregistration": known is not None,
+        "auto_rebalanced": False,
+    }
 
 
 @router.post("/heartbeat")
-async def heartbeat(
-    request: Request, body: HeartbeatBody, compat: Compat = Depends(_compat)
-) -> dict[str, Any]:
-    answer, result = await compat.heartbeat(body.server_id, body.current_streams, body.status)
-    return {
-        "status": "ok",
-        "server_id": body.server_id,
-        **answer,
-        "lease_expires_at": result.lease_expires_at.isoformat(),
-        **_timing(request),
-    }
+async def heartbeat(body: HeartbeatBody, compat: Compat = Depends(_compat)) -> dict[str, Any]:
+    # C1 sends system metrics with every heartbeat, C2 never does.
+    await compat.heartbeat(
+        body.server_id,
+        metrics=_metrics(
+            current_streams=max(body.current_streams, 0),
+            status=body.status,
+            system_metrics=body.system_metrics,
+        ),
+        generation="C1" if body.system_metrics is not None else "C2",
+        capacity=None,
+    )
+    return {"status": "heartbeat_updated"}
 
 
 @router.post("/streams/assign")
 async def assign(body: AssignBody, compat: Compat = Depends(_compat)) -> dict[str, Any]:
-    ids, status = await compat.assign(body.server_id, body.requested_count)
-    return {
-        "status": "ok" if status == "active" else status,
-        "assigned_streams": ids,
-        "count": len(ids),
-    }
+    status, ids, message = await compat.pull(body.server_id, body.requested_count)
+    if status == "assigned":
+        return {"status": status, "assigned_streams": ids, "count": len(ids)}
+    return {"status": status, "assigned_streams": [], "message": message}
 
 
 @router.post("/streams/release")
 async def release(body: ReleaseBody, compat: Compat = Depends(_compat)) -> dict[str, Any]:
-    released, not_owned = await compat.release(body.server_id, body.stream_ids)
-    return {
-        "status": "ok",
-        "released_streams": released,
-        "not_owned": not_owned,
-        "count": len(released),
-    }
-
-
-@router.get("/status")
-async def status(orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, Any]:
-    view = await orch.status()
-    streams, workers = view["streams"], view["workers"]
-    return {
-        "status": "ok",
-        "instances": {
-            "total": workers["active"] + workers["draining"],
-            "active": workers["active"],
-            "draining": workers["draining"],
-        },
-        "streams": {
-            "total": streams["enabled"],
-            "assigned": streams["assigned"],
-            "unassigned": streams["unassigned"],
-            "moving": streams["moving"],
-        },
-        "capacity": view["capacity"],
-        "load": view["load"],
-        "load_percent": view["load_percent"],
-    }
+    if not body.stream_ids:
+        return {"status": "no_streams_to_release"}
+    released = await compat.release(body.server_id, body.stream_ids)
+    return {"status": "released", "released_streams": released, "count": len(released)}
 
 
 @router.get("/instances")
 async def instances(compat: Compat = Depends(_compat)) -> dict[str, Any]:
-    items = await compat.instances()
-    return {"instances": items, "count": len(items)}
+    return {"instances": await compat.instances()}
+
+
+@router.get("/instances/{server_id}")
+async def instance(server_id: str, compat: Compat = Depends(_compat)) -> JSONResponse:
+    found = await compat.instances(server_id)
+    if not found:
+        return JSONResponse(
+            {"detail": f"instance {server_id} not found: it registers with POST /register"},
+            status_code=404,
+        )
+    return JSONResponse({"status": "success", "data": found[0]})
 
 
 @router.get("/streams/assignments")
 async def assignments(compat: Compat = Depends(_compat)) -> dict[str, Any]:
-    return await compat.owners()
+    return {"assignments": await compat.assignments()}
+
+
+@router.get("/status")
+async def status(orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, Any]:
+    try:
+        view = await orch.status()
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        # As the original: still 200, saying what is wrong.
+        return {"orchestrator_status": "error", "error": f"PostgreSQL is unavailable: {exc}"}
+    streams, workers = view["streams"], view["workers"]
+    return {
+        "orchestrator_status": "active",
+        "instances": {
+            "total": sum(workers.values()),
+            "active": workers["active"] + workers["draining"],
+            "total_capacity": view["capacity"],
+            "current_load": view["load"],
+        },
+        "streams": {
+            "assigned": streams["assigned"] + streams["moving"],
+            "available": streams["unassigned"],
+            "total": streams["enabled"],
+        },
+        "load_percentage": view["load_percent"],
+    }
+
+
+# -- protocol 2 (C3) ------------------------------------------------------------------------
+
+
+@router.post("/api/workers/register")
+async def worker_register(
+    body: WorkerRegisterBody, compat: Compat = Depends(_compat)
+) -> dict[str, Any]:
+    await compat.register(
+        body.instance_id,
+        capacity=body.capacity,
+        ip=body.ip,
+        port=body.port,
+        labels={},
+        generation="C3",
+        metrics=_metrics(current_streams=0, status=body.status, worker_type=body.worker_type),
+    )
+    return {
+        "success": True,
+        "worker_id": body.instance_id,
+        "message": f"worker {body.instance_id} registered",
+    }
+
+
+@router.post("/api/heartbeat")
+async def worker_heartbeat(
+    body: WorkerHeartbeatBody, compat: Compat = Depends(_compat)
+) -> dict[str, Any]:
+    load = max(body.current_load, 0)
+    await compat.heartbeat(
+        body.worker_instance_id,
+        metrics=_metrics(
+            current_streams=load,
+            status=body.status,
+            available_capacity=body.available_capacity,
+        ),
+        generation="C3",
+        capacity=body.capacity or (load + body.available_capacity) or 1,
+    )
+    return {"success": True, "message": "Heartbeat received"}
+
+
+@router.get("/api/streams/assign")
+async def worker_assign(
+    worker_id: Annotated[str, Query(pattern=SERVER_ID_PATTERN)],
+    capacity: Annotated[int, Query(ge=-1_000_000, le=1_000_000)] = 1,
+    worker_type: Annotated[str, Query(max_length=64)] = "fingerv7",
+    compat: Compat = Depends(_compat),
+) -> dict[str, Any]:
+    status, ids, message = await compat.pull(worker_id, capacity)
+    if status != "assigned":
+        return {
+            "status": status,
+            "assigned_streams": [],
+            "message": message,
+            "worker_id": worker_id,
+        }
+    urls = await compat.store.urls([str(i) for i in ids])
+    streams = [
+        {
+            "stream_id": str(i),
+            "id": i,
+            "stream_url": urls.get(str(i)),
+            "url": urls.get(str(i)),
+            "name": str(i),
+            "metadata": {},
+        }
+        for i in ids
+    ]
+    return {
+        "status": "assigned",
+        "assigned_streams": ids,
+        "streams": streams,
+        "total": len(ids),
+        "worker_id": worker_id,
+    }
+
+
+@router.post("/api/streams/update")
+async def stream_update(body: StreamUpdateBody) -> dict[str, Any]:
+    # Progress reports only: the original never freed a stream here, and neither do we
+    # (a stream leaves an instance by its release or the end of its lease).
+    return {"success": True, "message": f"stream {body.stream_id} status {body.status} noted"}
+
+
+@router.get("/api/workers")
+async def workers(compat: Compat = Depends(_compat)) -> dict[str, Any]:
+    items = [
+        {
+            "instance_id": i["server_id"],
+            "worker_type": i["kind"] if i["kind"] == "sdk" else "fingerv7",
+            "status": i["status"],
+            "capacity": i["max_streams"],
+            "current_load": i["current_streams"],
+            "available_capacity": max(i["max_streams"] - i["current_streams"], 0),
+            "last_heartbeat": i["last_heartbeat"],
+            "registered_at": i["registered_at"],
+            "kind": i["kind"],
+            "generation": i["generation"],
+        }
+        for i in await compat.instances()
+    ]
+    return {"workers": items, "total": len(items)}

@@ -98,9 +98,15 @@ async def _report(rt: Runtime) -> dict[str, Any]:
         else {"status": "starting", "error": None, "suggestion": None}
     )
     load = _server_load(rt)
-    status = health.overall(
+    level = health.overall(
         postgres, redis, reconciler["status"], rt.settings.redis_required, load["status"]
     )
+    # Top-level "healthy" whenever this server can serve, degraded or not: the original
+    # instances' clients treat anything else as "orchestrator down" and stop heartbeating
+    # (docs/decisions/0011-health-keeps-original-clients-connected.md). What is impaired
+    # is listed in `degraded`.
+    status = "unhealthy" if level == "unhealthy" else "healthy"
+    degraded = [] if level == "healthy" else _impaired(postgres, redis, reconciler, load)
     errors = [
         {
             "service": name,
@@ -136,6 +142,7 @@ async def _report(rt: Runtime) -> dict[str, Any]:
         }
     return {
         "status": status,
+        "degraded": degraded,
         "timestamp": health.now_iso(),
         "services": {"postgresql": postgres, "redis": redis},
         "reconciler": reconciler,
@@ -161,6 +168,15 @@ def _server_load(rt: Runtime) -> dict[str, Any]:
         rt.settings.lease_ttl,
         rt.settings.heartbeat_interval,
     )
+
+
+def _impaired(
+    postgres: health.Check, redis: health.Check, reconciler: health.Check, load: health.Check
+) -> list[str]:
+    checks = (("postgresql", postgres), ("redis", redis))
+    names = [name for name, check in checks if check["status"] != "ready"]
+    names += ["reconciler"] if reconciler["status"] == "stale" else []
+    return names + (["server_load"] if load["status"] != "ready" else [])
 
 
 @router.get("/health")

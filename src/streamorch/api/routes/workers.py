@@ -180,6 +180,11 @@ async def list_workers(
                 "last_heartbeat": r["last_heartbeat"].isoformat(),
                 "lease_expires_at": r["lease_expires_at"].isoformat(),
                 "streams": r["streams"],
+                # "original": an instance of the original protocol (docs/reference/
+                # compat-protocol.md), whose streams are pinned while its lease holds.
+                "kind": r["kind"],
+                "generation": r["generation"],
+                "pinned_streams": r["pinned"] or [],
             }
             for r in rows
         ]

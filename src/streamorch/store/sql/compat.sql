@@ -1,108 +1,157 @@
--- Queries of the original-instance protocol (api/routes/compat.py), one per
+-- Queries of the original-instance protocols (api/routes/compat.py), one per
 -- `-- name: <name>` header, loaded by store/compat.py. Stream keys that are decimal
--- ids are the only ones that protocol can name.
+-- ids are the only ones those protocols can name. `compat_handouts` holds what was
+-- handed to an instance's current registration and not released since: what the
+-- client holds in its list.
 
 -- name: instance
-SELECT id, incarnation, status, lease_expires_at > now() AS lease_valid
+SELECT id, name, incarnation, status, kind, generation, capacity, labels, address,
+       lease_expires_at > now() AS lease_valid
   FROM workers WHERE name = %(name)s;
 
--- name: clear_handouts
-DELETE FROM compat_handouts WHERE worker_id = %(id)s;
-
--- name: settle_handouts
--- Hand-outs the instance now reports running are tracked by its reports from here on;
--- one it has not reported within a lease TTL was never started. The rest still count
--- as running there. (The SELECT sees the rows as they were before the DELETE.)
-WITH settled AS (
-    DELETE FROM compat_handouts
-     WHERE worker_id = %(id)s
-       AND (stream_key = ANY (%(running)s::text[])
-            OR handed_at < now() - make_interval(secs => %(ttl)s))
+-- name: mark_original
+-- A fresh registration of an original instance (registered with kind 'original' by the
+-- engine store, so placement never saw it as a target): nothing handed to it yet, and what was
+-- being stopped there is gone (the new process runs nothing of it).
+WITH w AS (
+    -- The same server_id restarting keeps its generation once a heartbeat told it.
+    UPDATE workers SET generation = CASE WHEN %(generation)s = 'C1/C2' AND generation IN ('C1', 'C2')
+                                         THEN generation ELSE %(generation)s END,
+                       metrics = %(metrics)s::jsonb
+     WHERE id = %(id)s
+    RETURNING id
+), h AS (
+    DELETE FROM compat_handouts WHERE worker_id = %(id)s
 )
-SELECT stream_key FROM compat_handouts
- WHERE worker_id = %(id)s
-   AND NOT (stream_key = ANY (%(running)s::text[]))
-   AND handed_at >= now() - make_interval(secs => %(ttl)s)
- ORDER BY stream_key;
-
--- name: lock_instance
-SELECT status, lease_expires_at > now() AS lease_valid FROM workers WHERE id = %(id)s FOR UPDATE;
-
--- name: hand_out
--- Streams granted to the instance that it neither runs nor was handed recently,
--- oldest grant first.
-WITH picked AS (
-    SELECT a.stream_key
-      FROM assignments a JOIN workers w ON w.id = a.worker_id
-     WHERE w.id = %(id)s AND a.state = 'granted'
-       AND a.stream_key ~ '^(0|[1-9][0-9]{0,17})$'
-       AND NOT (a.stream_key = ANY (w.running))
-       AND NOT EXISTS (SELECT 1 FROM compat_handouts h
-                        WHERE h.worker_id = w.id AND h.stream_key = a.stream_key
-                          AND h.handed_at >= now() - make_interval(secs => %(ttl)s))
-     ORDER BY a.since, a.stream_key
-     LIMIT %(limit)s
-)
-INSERT INTO compat_handouts (worker_id, stream_key)
-SELECT %(id)s, stream_key FROM picked
-ON CONFLICT (worker_id, stream_key) DO UPDATE SET handed_at = now()
+DELETE FROM assignments WHERE worker_id = %(id)s AND state = 'revoking'
 RETURNING stream_key;
 
--- name: add_running
--- A hand-out counts as running from the moment it is made: a pass that began before
--- the instance's last report could otherwise take that report as the stop of a
--- stream the instance is only now starting (revoked_at is the pass's start time).
-UPDATE workers SET running = running || %(keys)s::text[] WHERE id = %(id)s;
-
--- name: restore_handouts
--- After a heartbeat: hand-outs made while it was in flight are running too.
+-- name: beat
+-- The heartbeat of a live original instance. It names no stream, so what it runs is
+-- what it owns: a revoke there (deleted or disabled stream) finishes only when it
+-- releases the stream, its lease expires, or it registers again.
 UPDATE workers w
-   SET running = w.running || ARRAY(
-           SELECT h.stream_key FROM compat_handouts h
-            WHERE h.worker_id = w.id AND NOT (h.stream_key = ANY (w.running))
-              AND h.handed_at >= now() - make_interval(secs => %(ttl)s))
- WHERE w.id = %(id)s
-   AND EXISTS (SELECT 1 FROM compat_handouts h
-                WHERE h.worker_id = w.id AND NOT (h.stream_key = ANY (w.running))
-                  AND h.handed_at >= now() - make_interval(secs => %(ttl)s));
+   SET last_heartbeat = now(),
+       lease_expires_at = now() + make_interval(secs => %(ttl)s),
+       running = ARRAY(SELECT a.stream_key FROM assignments a WHERE a.worker_id = w.id
+                        ORDER BY a.stream_key),
+       metrics = %(metrics)s::jsonb,
+       generation = CASE WHEN w.generation IN ('C1/C2', 'C1', 'C2') AND %(generation)s::text IS NOT NULL
+                         THEN %(generation)s ELSE w.generation END
+ -- Live until a reconcile pass expired it, even if its lease ran out meanwhile: nothing
+ -- moved off it yet.
+ WHERE w.name = %(name)s AND w.status IN ('active', 'draining')
+RETURNING w.id;
 
--- name: owned
-SELECT a.stream_key, a.state, coalesce(s.weight, 1) AS weight,
-       coalesce(s.requires, '{}'::jsonb) AS requires
-  FROM assignments a LEFT JOIN streams s ON s.key = a.stream_key
- WHERE a.worker_id = %(id)s AND a.stream_key = ANY (%(keys)s::text[])
-   FOR UPDATE OF a;
+-- name: recover
+-- A revived instance still holds (and may run) what it was handed: take back what
+-- nobody else took meanwhile. Run under the reconcile lock (a pass inserts grants).
+INSERT INTO assignments (stream_key, worker_id, token, reason)
+SELECT h.stream_key, h.worker_id, nextval('fencing_tokens'), 'revived'
+  FROM compat_handouts h JOIN streams s ON s.key = h.stream_key AND s.enabled
+ WHERE h.worker_id = %(id)s
+   AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.stream_key = h.stream_key)
+ORDER BY h.stream_key
+ON CONFLICT (stream_key) DO NOTHING
+RETURNING stream_key, token;
 
--- name: release_targets
--- Live, active workers other than the releasing one, with what they run or have
--- reserved for streams moving to them.
-SELECT w.id::text, w.capacity, w.labels,
-       coalesce((SELECT sum(coalesce(s.weight, 1))
-                   FROM assignments a LEFT JOIN streams s ON s.key = a.stream_key
-                  WHERE a.worker_id = w.id OR a.target_id = w.id), 0)::int AS load
-  FROM workers w
- WHERE w.status = 'active' AND w.lease_expires_at > now() AND w.id <> %(id)s;
+-- name: handed
+SELECT stream_key FROM compat_handouts WHERE worker_id = %(id)s ORDER BY stream_key;
+
+-- name: lock_instance
+SELECT w.status, w.lease_expires_at > now() AS lease_valid, w.capacity, w.labels,
+       coalesce((SELECT sum(coalesce(s.weight, 1)) FROM assignments a
+                   LEFT JOIN streams s ON s.key = a.stream_key
+                  WHERE a.worker_id = w.id), 0)::int AS load
+  FROM workers w WHERE w.id = %(id)s FOR UPDATE;
+
+-- name: reserved
+-- Streams it owns that its current registration was not handed yet: its own from
+-- before a restart. Oldest first.
+SELECT a.stream_key FROM assignments a
+ WHERE a.worker_id = %(id)s AND a.state = 'granted'
+   AND a.stream_key ~ '^(0|[1-9][0-9]{0,17})$'
+   AND NOT EXISTS (SELECT 1 FROM compat_handouts h
+                    WHERE h.worker_id = a.worker_id AND h.stream_key = a.stream_key)
+ ORDER BY a.since, a.stream_key
+ LIMIT %(limit)s;
+
+-- name: unclaimed
+-- A second-generation instance pulls once after it starts and runs only what that pull
+-- returned: what it owned and did not get back now would run nowhere. Free it.
+DELETE FROM assignments a
+ WHERE a.worker_id = %(id)s AND a.state = 'granted'
+   AND NOT EXISTS (SELECT 1 FROM compat_handouts h
+                    WHERE h.worker_id = a.worker_id AND h.stream_key = a.stream_key)
+RETURNING a.stream_key;
+
+-- name: pool
+-- Enabled, unassigned streams the instance may take (labels satisfy `requires`) and was
+-- not handed already, lowest id first, as many as fit in `room`.
+SELECT key FROM (
+    SELECT s.key, sum(s.weight) OVER (ORDER BY s.key::numeric) AS total
+      FROM streams s
+     WHERE s.enabled AND s.key ~ '^(0|[1-9][0-9]{0,17})$'
+       AND s.requires <@ %(labels)s::jsonb
+       AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.stream_key = s.key)
+       AND NOT EXISTS (SELECT 1 FROM compat_handouts h
+                        WHERE h.worker_id = %(id)s AND h.stream_key = s.key)
+     ORDER BY s.key::numeric
+     LIMIT %(limit)s
+) t WHERE total <= %(room)s;
+
+-- name: pool_exists
+SELECT EXISTS (
+    SELECT 1 FROM streams s
+     WHERE s.enabled AND s.key ~ '^(0|[1-9][0-9]{0,17})$'
+       AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.stream_key = s.key));
+
+-- name: take
+INSERT INTO assignments (stream_key, worker_id, token, reason)
+SELECT k, %(id)s, nextval('fencing_tokens'), 'pulled' FROM unnest(%(keys)s::text[]) AS t(k)
+ON CONFLICT (stream_key) DO NOTHING
+RETURNING stream_key, token;
+
+-- name: record_handouts
+INSERT INTO compat_handouts (worker_id, stream_key)
+SELECT %(id)s, k FROM unnest(%(keys)s::text[]) AS t(k)
+ON CONFLICT DO NOTHING;
+
+-- name: sync_running
+UPDATE workers w
+   SET running = ARRAY(SELECT a.stream_key FROM assignments a WHERE a.worker_id = w.id
+                        ORDER BY a.stream_key)
+ WHERE w.id = %(id)s;
 
 -- name: release
-UPDATE assignments a
-   SET state = 'revoking', revoked_at = now(), target_id = t.target, reason = 'released'
-  FROM unnest(%(keys)s::text[], %(targets)s::uuid[]) AS t(k, target)
- WHERE a.stream_key = t.k AND a.worker_id = %(id)s AND a.state = 'granted'
-RETURNING a.stream_key, a.target_id;
+DELETE FROM assignments WHERE worker_id = %(id)s AND stream_key = ANY (%(keys)s::text[])
+RETURNING stream_key;
 
 -- name: forget_handouts
-DELETE FROM compat_handouts WHERE worker_id = %(id)s AND stream_key = ANY (%(keys)s::text[]);
+DELETE FROM compat_handouts WHERE worker_id = %(id)s AND stream_key = ANY (%(keys)s::text[])
+RETURNING stream_key;
 
 -- name: instances
-SELECT w.id, w.name, w.status, w.capacity, w.labels, w.address, w.running,
-       w.last_heartbeat, w.lease_expires_at,
-       coalesce((SELECT array_agg(a.stream_key ORDER BY a.stream_key) FROM assignments a
-                  WHERE a.worker_id = w.id AND a.state = 'granted'), '{}') AS granted
+-- Every worker that has not left, newest registration first: the original view of the fleet.
+SELECT w.id, w.name, w.status, w.kind, w.generation, w.capacity, w.labels, w.address,
+       w.registered_at, w.last_heartbeat, w.lease_expires_at, w.metrics,
+       cardinality(w.running) AS running_count,
+       coalesce((SELECT sum(coalesce(s.weight, 1)) FROM assignments a
+                   LEFT JOIN streams s ON s.key = a.stream_key
+                  WHERE a.worker_id = w.id), 0)::int AS load,
+       ARRAY(SELECT a.stream_key FROM assignments a WHERE a.worker_id = w.id AND a.state = 'granted'
+              ORDER BY a.stream_key) AS owned,
+       ARRAY(SELECT h.stream_key FROM compat_handouts h WHERE h.worker_id = w.id
+              ORDER BY h.stream_key) AS handed
   FROM workers w
- WHERE w.status <> 'left'
- ORDER BY w.name;
+ WHERE w.status <> 'left' AND (%(name)s::text IS NULL OR w.name = %(name)s)
+ ORDER BY w.registered_at DESC, w.name;
 
--- name: owners
-SELECT a.stream_key, w.name, a.state
+-- name: assignments
+SELECT a.stream_key, w.name, a.since, a.state, w.address
   FROM assignments a JOIN workers w ON w.id = a.worker_id
- WHERE a.stream_key ~ '^(0|[1-9][0-9]{0,17})$';
+ WHERE a.stream_key ~ '^(0|[1-9][0-9]{0,17})$'
+ ORDER BY a.since DESC, a.stream_key;
+
+-- name: stream_urls
+SELECT key, url FROM streams WHERE key = ANY (%(keys)s::text[]);

@@ -75,14 +75,15 @@ SELECT id, incarnation, status, lease_expires_at > now() AS lease_valid
   FROM workers WHERE name = %(name)s FOR UPDATE;
 
 -- name: insert_worker
-INSERT INTO workers (name, capacity, labels, address, lease_expires_at)
-VALUES (%(name)s, %(capacity)s, %(labels)s, %(address)s, now() + make_interval(secs => %(ttl)s))
+INSERT INTO workers (name, capacity, labels, address, kind, lease_expires_at)
+VALUES (%(name)s, %(capacity)s, %(labels)s, %(address)s, %(kind)s,
+        now() + make_interval(secs => %(ttl)s))
 RETURNING id, incarnation, lease_expires_at;
 
 -- name: reincarnate_worker
 UPDATE workers
    SET incarnation = incarnation + 1, capacity = %(capacity)s, labels = %(labels)s,
-       address = %(address)s, status = 'active', running = '{}', metrics = '{}',
+       address = %(address)s, kind = %(kind)s, status = 'active', running = '{}', metrics = '{}',
        acked_version = NULL,
        version = version + 1, registered_at = now(), last_heartbeat = now(),
        lease_expires_at = now() + make_interval(secs => %(ttl)s)
@@ -183,8 +184,12 @@ UPDATE workers SET status = 'left', lease_expires_at = now(), running = '{}', ve
 
 -- name: list_workers
 SELECT w.id, w.name, w.status, w.incarnation, w.capacity, w.labels, w.address,
-       w.last_heartbeat, w.lease_expires_at, w.metrics,
-       coalesce(sum(s.weight), 0)::int AS load, count(a.stream_key)::int AS streams
+       w.last_heartbeat, w.lease_expires_at, w.metrics, w.kind, w.generation,
+       coalesce(sum(s.weight), 0)::int AS load, count(a.stream_key)::int AS streams,
+       -- What an instance of the original protocol holds stays there while it lives.
+       CASE WHEN w.kind = 'original'
+            THEN coalesce(array_agg(a.stream_key ORDER BY a.stream_key)
+                          FILTER (WHERE a.stream_key IS NOT NULL), '{}') END AS pinned
   FROM workers w
   LEFT JOIN assignments a ON a.worker_id = w.id
   LEFT JOIN streams s ON s.key = a.stream_key
@@ -206,7 +211,8 @@ SELECT k, s, w::uuid, r, d::jsonb
               %(reasons)b::text[], %(details)b::text[]) AS t(k, s, w, r, d);
 
 -- name: list_events
-SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.reason, e.details
+SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.reason, e.details,
+       w.kind AS worker_kind, w.generation AS worker_generation
   FROM events e LEFT JOIN workers w ON w.id = e.worker_id
  WHERE e.id > %(since)s
    AND (%(stream)s::text IS NULL OR e.stream_key = %(stream)s)
@@ -215,7 +221,8 @@ SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.r
 
 -- name: list_newest_events
 -- The same rows, newest first: `streamorch events` shows the latest, not the oldest.
-SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.reason, e.details
+SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.reason, e.details,
+       w.kind AS worker_kind, w.generation AS worker_generation
   FROM events e LEFT JOIN workers w ON w.id = e.worker_id
  WHERE e.id > %(since)s
    AND (%(stream)s::text IS NULL OR e.stream_key = %(stream)s)
@@ -300,7 +307,7 @@ SELECT extract(epoch FROM now() - registered_at)::float8
 -- name: live_workers
 -- Ids as text here and below: placement works with strings, and building uuid.UUID
 -- objects only to str() them again is most of a snapshot's cost at 100,000 streams.
-SELECT w.id::text, w.name, w.capacity, w.labels, w.status
+SELECT w.id::text, w.name, w.capacity, w.labels, w.status, w.kind = 'original' AS pinned
   FROM workers w WHERE w.status IN ('active', 'draining');
 
 -- name: placement_rows

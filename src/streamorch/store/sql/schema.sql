@@ -42,7 +42,9 @@ CREATE TABLE workers (
     registered_at    timestamptz NOT NULL DEFAULT now(),
     last_heartbeat   timestamptz NOT NULL DEFAULT now(),
     lease_expires_at timestamptz NOT NULL,
-    acked_version    bigint
+    acked_version    bigint,
+    kind             text NOT NULL DEFAULT 'sdk' CHECK (kind IN ('sdk', 'original')),
+    generation       text
 );
 
 CREATE INDEX workers_live_lease ON workers (lease_expires_at) WHERE status IN ('active', 'draining');
