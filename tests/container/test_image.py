@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from streamorch.services import instance
 from tests.container.podman import Podman, base_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -184,10 +185,13 @@ def test_sigterm_stops_cleanly_data_survives_and_healthcheck_needs_postgres(
     assert code == 0, f"exit {code} after SIGTERM:\n{logs}"
     assert "embedded_stopped" in logs, f"the embedded servers were not stopped:\n{logs}"
     # A PostgreSQL that was shut down (not killed with the container) removes its pid file;
-    # so does Valkey, stopped by the server. Nothing was left to be killed.
+    # so does Valkey, stopped by the server. Nothing was left to be killed. The data
+    # directory's instance lock (orchestrator.pid) stays as a file, emptied on a clean exit.
     data = podman.volume_path(volume)
-    leftovers = sorted(str(p.relative_to(data)) for p in data.rglob("*.pid"))
+    lock = data / instance.FILE_NAME
+    leftovers = sorted(str(p.relative_to(data)) for p in data.rglob("*.pid") if p != lock)
     assert leftovers == [], f"pid files left behind: {leftovers}\n{logs}"
+    assert not lock.exists() or lock.read_text() == "", "the instance record was not cleared"
 
     second = new(containers, podman, image, volume)
     second.start()
