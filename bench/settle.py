@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import sys
@@ -81,6 +82,7 @@ async def assemble(args: argparse.Namespace, base: str) -> dict[str, Any]:
         stable = await converged(fleet, api, keys)
         records = fleet.journal.records
         stops = {r.stream for r in records if r.kind == "stop"}
+        why = collections.Counter(r.why for r in records if r.kind == "stop")
         problems = fleet.problems()
         converged_after_last = done - last
         registered.sort()
@@ -96,6 +98,9 @@ async def assemble(args: argparse.Namespace, base: str) -> dict[str, Any]:
         "still_converged_after_hold": stable,
         "placed_then_moved": len(stops),
         "starts": sum(1 for r in records if r.kind == "start"),
+        # What stopped them: an answer without the stream (long-poll, heartbeat) is a
+        # move; `fence` is a worker's own self-fencing (its renewals were late).
+        "stops_by_cause": dict(why),
         "problems": problems[:10],
     }
 
