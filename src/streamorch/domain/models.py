@@ -68,7 +68,7 @@ class Snapshot:
     assigned (a stream absent from `streams` but present in `assignments` was
     deleted). `preferred`: for streams whose move just finished, the target chosen
     when the move began. `settling`: workers are still registering one after another
-    (domain/settle.py): unassigned streams wait and nothing is rebalanced yet.
+    (domain/settle.py): unassigned streams wait.
     """
 
     workers: dict[str, WorkerView]

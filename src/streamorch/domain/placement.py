@@ -30,8 +30,9 @@ One pass, in order (each phase sees what the earlier ones planned):
 5. Rebalance (I5/I6) among non-draining workers; see `_Planner.rebalance`.
 
 While the snapshot is `settling` (workers still registering one after another), the
-streams of step 2 that are not the target of a finished move wait, and step 5 is
-skipped: what would be placed now would move again a moment later.
+streams of step 2 that are not the target of a finished move wait: placed now, they
+would move again a moment later. Rebalancing goes on (a join's moves are the same
+whether made at once or after the burst).
 
 Pinned workers (instances of the original protocol, which cannot be told to stop
 anything) are never a target, and what they hold is fixed: no constraint,
@@ -218,8 +219,7 @@ class _Planner:
         self.place_unassigned()
         self.fix_violations(mandatory)
         self.drain()
-        if not self.snapshot.settling:
-            self.rebalance()
+        self.rebalance()
         return Plan(grants=self.grants, revokes=self.revokes, unplaced=self.unplaced)
 
     def read_holdings(self) -> list[tuple[str, str, str]]:

@@ -1,9 +1,9 @@
 """Letting a fleet settle: no stream placed on the first members only to move a moment later.
 
 While workers register one after another (a fleet starting, a scale-out), every
-placement made on the members present so far is undone by the rebalancing that
-follows each new member: a stream is started, stopped and started elsewhere. So
-placement waits, briefly and boundedly, until registrations have been quiet for
+stream placed on the members present so far is moved again by the rebalancing that
+follows each new member: started, stopped and started elsewhere. So placement of
+unassigned streams waits, briefly and boundedly, until registrations have been quiet for
 `quiet_s`, and never longer than `max_s` after the burst of registrations began.
 """
 
