@@ -1,7 +1,9 @@
-"""Request body size limits, enforced before the body is parsed."""
+"""Request body size limits, enforced before the body is parsed: by the declared
+`Content-Length` at once, and while a chunked body arrives."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,19 +26,27 @@ class BodySizeLimit:
             await _too_large(send, limit)
             return
         received = 0
+        exceeded = False
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    exceeded = True
                     raise _TooLarge
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
+        async def guarded(message: Message) -> None:
+            # FastAPI turns any error while reading a body into its own 400: once the
+            # limit was crossed, whatever the app answers is replaced by the 413.
+            if not exceeded:
+                await send(message)
+
+        with contextlib.suppress(_TooLarge):
+            await self.app(scope, limited, guarded)
+        if exceeded:
             await _too_large(send, limit)
 
 

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import random
 import signal
 import time
@@ -80,6 +81,7 @@ class AsyncWorker:
         max_backoff: float = 5.0,
         drain_timeout: float = 60.0,
         metrics: MetricsSource | None = None,
+        secret_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = name
         self.capacity = capacity
@@ -94,7 +96,12 @@ class AsyncWorker:
         self._on_revoke = on_revoke
         self._metrics = metrics
         self._conn = Connection(
-            servers, token=token, client=client, transport=transport, timeout=request_timeout
+            servers,
+            token=token,
+            client=client,
+            transport=transport,
+            timeout=request_timeout,
+            secret_file=secret_file,
         )
 
         self.registration: Registration | None = None
@@ -297,11 +304,12 @@ class AsyncWorker:
             except errors.TransportError as exc:
                 log.warning("cannot register: %s", exc, extra={"action": "register_retry"})
             except errors.APIError as exc:
-                if not exc.retryable:
+                if not (exc.retryable or exc.name_in_use):
                     raise
                 log.warning("cannot register: %s", exc, extra={"action": "register_retry"})
             else:
                 self._epoch += 1
+                self._conn.remember_secret(data.get("secret"))
                 self.registration = Registration.from_json(data)
                 self.heartbeat_interval = self.registration.heartbeat_interval_s
                 self.lease_ttl = self.registration.lease_ttl_s

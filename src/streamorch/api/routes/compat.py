@@ -31,7 +31,7 @@ class Lenient(BaseModel):
 
 class RegisterBody(Lenient):
     server_id: ServerId
-    ip: str = Field(min_length=1, max_length=255, pattern=r"^[^\s/]+$")
+    ip: str = Field(min_length=1, max_length=255, pattern=r"^[^\s/\x00]+$")
     port: int = Field(ge=1, le=65535)
     max_streams: int = Field(ge=1, le=1_000_000)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -42,7 +42,7 @@ class RegisterBody(Lenient):
 class HeartbeatBody(Lenient):
     server_id: ServerId
     current_streams: list[StreamId] = Field(default_factory=list, max_length=MAX_RUNNING)
-    status: str = Field("active", min_length=1, max_length=32)
+    status: str = Field("active", min_length=1, max_length=32, pattern=r"^[^\x00]+$")
 
 
 class AssignBody(Lenient):

@@ -42,7 +42,9 @@ CREATE TABLE workers (
     registered_at    timestamptz NOT NULL DEFAULT now(),
     last_heartbeat   timestamptz NOT NULL DEFAULT now(),
     lease_expires_at timestamptz NOT NULL,
-    acked_version    bigint
+    acked_version    bigint,
+    -- SHA-256 of the current incarnation's secret (never the secret itself).
+    secret_hash      bytea
 );
 
 CREATE INDEX workers_live_lease ON workers (lease_expires_at) WHERE status IN ('active', 'draining');
