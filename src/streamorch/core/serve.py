@@ -153,6 +153,7 @@ async def _serve(settings: Settings, services: EmbeddedServices, began: float) -
             super().handle_exit(sig, frame)
             self._loop.call_soon_threadsafe(self._on_exit)
 
+    from streamorch.api import limits
     from streamorch.api.app import create_app
 
     sock = bind_socket(settings)  # fail fast, before minutes of waiting
@@ -160,8 +161,13 @@ async def _serve(settings: Settings, services: EmbeddedServices, began: float) -
     try:
         report: StartupReport = await run_startup(settings, services)
         app = create_app(settings, report)
-        config = uvicorn.Config(
-            app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=10
+        config = limits.server_config(
+            app,
+            settings,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
         )
         server = _Server(config, on_exit=lambda: _release_long_polls(app))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
