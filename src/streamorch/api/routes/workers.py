@@ -86,24 +86,13 @@ async def register(
     )
 
 
-@router.post(
-    "/{worker_id}/heartbeat",
-    dependencies=[Depends(deps.require_worker)],
-    response_model=DesiredOut,
-)
-async def heartbeat(request: Request, worker_id: uuid.UUID, body: HeartbeatBody) -> Response:
+async def fast_heartbeat(request: Request) -> Response:
     """Renew the lease, report the running set, get the desired set.
 
-    Served by `heartbeat_route` below, which is matched before every other route; this
-    declaration is what documents the call in /openapi.json.
-    """
-    return await _heartbeat(request, worker_id, body)
-
-
-async def fast_heartbeat(request: Request) -> Response:
-    """The heartbeat as a plain Starlette endpoint: the same checks and errors, without
-    FastAPI's per-request machinery (the scan of every route, dependency resolution),
-    which was a third of a heartbeat's CPU (docs/decisions/0005-heartbeat-hot-path.md)."""
+    A plain Starlette endpoint: the same checks and errors, without FastAPI's
+    per-request machinery (the scan of every route, dependency resolution), which was a
+    third of a heartbeat's CPU (docs/decisions/0005-heartbeat-hot-path.md). Its OpenAPI
+    entry is generated from `HeartbeatBody` and `DesiredOut` (api/openapi.py)."""
     request.scope["route"] = heartbeat_route  # FastAPI's router sets it only for its own routes
     await deps.require_worker(request)
     raw_id = request.path_params["worker_id"]
