@@ -57,6 +57,12 @@ def worker(
     max_backoff: float = typer.Option(
         30.0, "--max-backoff", help="Longest wait before restarting a crashed command."
     ),
+    secret_file: str = typer.Option(
+        None,
+        "--secret-file",
+        envvar="STREAMORCH_WORKER_SECRET_FILE",
+        help="Keep the worker's secret here, so that a restart within the lease keeps its streams.",
+    ),
     log_level: str = typer.Option("INFO", "--log-level", envvar="LOG_LEVEL"),
 ) -> None:
     """Run one process per assigned stream; SIGTERM drains, deregisters and exits 0."""
@@ -82,6 +88,7 @@ def worker(
             on_revoke=supervisor.on_revoke,
             metrics=supervisor.metrics,
             drain_timeout=drain_timeout,
+            secret_file=secret_file,
         )
         # A self-fencing stop must finish before the lease can end: no long grace then.
         supervisor.urgent = lambda: instance.fenced
