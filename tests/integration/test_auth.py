@@ -29,7 +29,7 @@ async def test_tokens_are_enforced(api):
     body = {"url": "http://x"}
     assert (await api.put("/v1/streams/a", json=body)).status_code == 401
     denied = await api.put("/v1/streams/a", json=body, headers=bearer("worker-secret"))
-    assert denied.status_code == 403
+    assert denied.status_code == 401
     assert "admin token" in denied.json()["error"]["message"]
     assert (
         await api.put("/v1/streams/a", json=body, headers=bearer("admin-secret"))
@@ -59,7 +59,7 @@ def test_warning_when_exposed_without_tokens(make_settings):
 async def test_metrics_and_diagnostics_need_the_admin_token(api, path):
     assert (await api.get(path)).status_code == 401
     worker = await api.get(path, headers={"Authorization": "Bearer worker-secret"})
-    assert worker.status_code == 403
+    assert worker.status_code == 401
     admin = await api.get(path, headers={"Authorization": "Bearer admin-secret"})
     assert admin.status_code == 200
     assert (await api.get("/health")).status_code == 200

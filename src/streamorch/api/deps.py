@@ -7,7 +7,8 @@ Who may do what (docs/reference/worker-protocol.md, "Authentication"):
   read its assignments) and may force a registration over a live holder;
 - the worker token: register, and the calls of a worker whose secret it sends.
 
-A missing or unknown token is 401; a known token without the authority is 403.
+A missing, malformed or wrong token is 401; a worker call without that worker's secret,
+or `force=true` without the admin token, is 403.
 """
 
 from __future__ import annotations
@@ -43,27 +44,15 @@ def _secret(value) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def _tokens(request: Request) -> tuple[str | None, str | None]:
-    settings = request.app.state.runtime.settings
-    return _secret(settings.admin_token), _secret(settings.worker_token)
-
-
-def is_admin(request: Request) -> bool:
-    """The caller has the admin's authority: it sends the admin token, or none is set."""
-    admin, _ = _tokens(request)
-    return admin is None or _matches(_token(request), admin)
-
-
 async def require_admin(request: Request) -> None:
-    admin, worker = _tokens(request)
+    settings = request.app.state.runtime.settings
+    admin = _secret(settings.admin_token)
     if admin is None:
         return
     given = _token(request)
-    if _matches(given, admin):
-        return
-    if _matches(given, worker):
-        raise _forbidden("this call needs the admin token; the worker token may not make it")
-    raise _denied("an admin token")
+    if not _matches(given, admin):
+        worker = _secret(settings.worker_token)
+        raise _denied(request, "the admin token", worker_token=_matches(given, worker))
 
 
 async def require_diagnostics(request: Request) -> None:
@@ -73,12 +62,19 @@ async def require_diagnostics(request: Request) -> None:
 
 
 async def require_worker(request: Request) -> None:
-    admin, worker = _tokens(request)
+    settings = request.app.state.runtime.settings
+    admin, worker = _secret(settings.admin_token), _secret(settings.worker_token)
     if admin is None and worker is None:
         return
     given = _token(request)
     if not (_matches(given, worker) or _matches(given, admin)):
-        raise _denied("a worker or admin token")
+        raise _denied(request, "the worker token (or the admin token)")
+
+
+def is_admin(request: Request) -> bool:
+    """The caller has the admin's authority: it sends the admin token, or none is set."""
+    admin = _secret(request.app.state.runtime.settings.admin_token)
+    return admin is None or _matches(_token(request), admin)
 
 
 def worker_secret(request: Request) -> str | None:
@@ -89,19 +85,27 @@ def worker_secret(request: Request) -> str | None:
 async def require_worker_secret(request: Request, worker_id: uuid.UUID) -> None:
     """The worker itself (its current secret) or an admin: 404 for an unknown worker."""
     await require_worker(request)
-    orch: Orchestrator = request.app.state.runtime.orchestrator
     if is_admin(request):
         return
+    orch: Orchestrator = request.app.state.runtime.orchestrator
     await orch.check_secret(worker_id, worker_secret(request))
 
 
-def _denied(what: str) -> HTTPException:
+def _denied(request: Request, what: str, *, worker_token: bool = False) -> HTTPException:
+    """401 saying which of the three it is: no token, a malformed header, a wrong token."""
+    header = request.headers.get("authorization")
+    if not header:
+        reason, message = "missing", f"no token sent: this call needs {what}"
+    elif _token(request) is None:
+        reason = "malformed"
+        message = f"the Authorization header must read 'Bearer <token>'; this call needs {what}"
+    elif worker_token:
+        reason = "worker_token"
+        message = f"the worker token was sent, but this call needs {what}"
+    else:
+        reason, message = "wrong", f"the token sent is not accepted: this call needs {what}"
     return HTTPException(
         status_code=401,
-        detail=f"this call needs {what}: send 'Authorization: Bearer <token>'",
+        detail={"message": message, "reason": reason},
         headers={"WWW-Authenticate": "Bearer"},
     )
-
-
-def _forbidden(message: str) -> HTTPException:
-    return HTTPException(status_code=403, detail=message)

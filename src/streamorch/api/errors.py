@@ -92,8 +92,12 @@ def install(app: FastAPI) -> None:
             401: "unauthorized",
             403: "forbidden",
         }.get(exc.status_code, "http_error")
+        message, details = str(exc.detail), None
+        if isinstance(exc.detail, dict):  # {"message": ..., other keys: details}
+            details = {k: v for k, v in exc.detail.items() if k != "message"}
+            message = str(exc.detail.get("message", ""))
         return JSONResponse(
-            body(code, str(exc.detail)),
+            body(code, message, details),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )

@@ -8,8 +8,8 @@ therefore completed here from the rules the routes follow, in one place:
 - every error answer has the error schema;
 - a call with a body can answer 413 (too large) and 422, and 400 when FastAPI cannot
   read the body at all; a call with parameters can answer 422;
-- a call behind a token can answer 401 and 403; every call can answer 500, and every
-  call that reads PostgreSQL 503;
+- a call behind a token can answer 401, a call for one worker (or registering) 403;
+  every call can answer 500, and every call that reads PostgreSQL 503;
 - the calls on one worker or stream answer 404 when there is none; 409 where a state
   conflict is possible (the `CONFLICTS` table);
 - the heartbeat, served by a plain Starlette endpoint for speed, is documented from the
@@ -32,8 +32,9 @@ ERROR = {"$ref": REF.format(model="ErrorBody")}
 
 DESCRIPTIONS = {
     400: "The body could not be read at all (for example nested too deeply).",
-    401: "A token is configured and the request has none, or an unknown one.",
-    403: "The token (or the worker secret) does not allow this call.",
+    401: "A token is configured and the request has none, a malformed or a wrong one "
+    "(details.reason says which).",
+    403: "The worker's secret is missing or wrong, or force=true came without the admin token.",
     404: "No such worker, stream or instance.",
     409: "The call conflicts with the current state (see the error's code).",
     413: "The body is larger than the limit (1 MiB; 64 MiB for bulk calls).",
@@ -147,7 +148,9 @@ def _complete_operation(path: str, method: str, operation: dict[str, Any]) -> No
     if operation.get("parameters"):
         codes.add(422)
     if path not in PUBLIC:
-        codes |= {401, 403}
+        codes.add(401)
+    if "{worker_id}" in path or path == "/v1/workers/register":
+        codes.add(403)  # the worker's secret; force=true without the admin token
     if path not in NO_DATABASE:
         codes.add(503)
     names_one = "{worker_id}" in path or "{key}" in path
