@@ -79,6 +79,10 @@ async def test_slow_clients_are_cut_off_and_ready_keeps_answering(limited_settin
 
 async def _status(client: httpx.AsyncClient) -> int:
     try:
-        return (await client.get("/ready")).status_code
+        response = await client.get("/ready")
     except httpx.TransportError:
         return 0
+    if response.status_code == 503 and "error" in response.json():
+        assert response.json()["error"]["code"] == "too_many_connections"
+        assert response.headers["retry-after"]
+    return response.status_code

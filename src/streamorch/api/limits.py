@@ -7,7 +7,8 @@
   connection), else the connection is closed. uvicorn has no such timeout: its
   keep-alive timer runs only between requests, and every byte received cancels it, so
   a client trickling one header byte every few seconds held a connection (a file
-  descriptor) forever. Past `HTTP_MAX_CONNECTIONS` open connections new requests get 503.
+  descriptor) forever. Past `HTTP_MAX_CONNECTIONS` open connections (or requests in
+  progress) new requests get a 503 in the API's error shape.
 """
 
 from __future__ import annotations
@@ -96,9 +97,11 @@ async def _too_large(send: Send, limit: int) -> None:
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for each request's headers."""
+    """uvicorn's httptools protocol with a deadline for each request's headers, and the
+    connection cap answered in the API's error shape (uvicorn's own is plain text)."""
 
     header_timeout: float = 10.0
+    max_connections: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -114,6 +117,19 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        limit = self.max_connections
+        if limit is not None and (len(self.connections) > limit or len(self.tasks) >= limit):
+            log.warning(
+                "over HTTP_MAX_CONNECTIONS (%d): answering 503",
+                limit,
+                extra={"action": "connection_limit"},
+            )
+            app, self.app = self.app, _over_the_limit  # for this request only
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+            return
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -140,13 +156,40 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+async def _over_the_limit(scope: Scope, receive: Receive, send: Send) -> None:
+    payload = json.dumps(
+        {
+            "error": {
+                "code": "too_many_connections",
+                "message": "the server has as many connections as it accepts "
+                "(HTTP_MAX_CONNECTIONS); retry shortly",
+                "details": {},
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"retry-after", b"1"),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
 def server_config(app: ASGIApp, settings: Settings, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration with the connection limits of `settings`."""
     protocol = type(
         "HeaderTimeoutProtocol",
         (HeaderTimeoutProtocol,),
-        {"header_timeout": settings.http_header_timeout},
+        {
+            "header_timeout": settings.http_header_timeout,
+            "max_connections": settings.http_max_connections,
+        },
     )
-    return uvicorn.Config(
-        app, http=protocol, limit_concurrency=settings.http_max_connections, **options
-    )
+    return uvicorn.Config(app, http=protocol, **options)
