@@ -185,7 +185,7 @@ def test_workers_status_events_and_tokens(cli, server):
 
     # The server's own message, and a non-zero exit, without or with a wrong token.
     denied = cli("status", token="wrong", code=1)
-    assert "this call needs an admin token" in denied.stderr
+    assert "the token sent is not accepted: this call needs the admin token" in denied.stderr
 
 
 def test_no_server_exits_2_saying_where_it_looked():

@@ -14,6 +14,7 @@ from streamorch.domain.models import Policy
 from streamorch.services import endpoints
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore, StreamSpec
+from tests.asgi import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -107,7 +108,14 @@ async def test_unstorable_heartbeats_are_a_422(api, content, fragment):
     await assert_422(response, fragment)
 
 
-async def test_poisoned_heartbeats_never_fail_well_formed_ones(api):
+async def test_poisoned_heartbeats_never_fail_well_formed_ones(settings):
+    # Default timings (a 10 s lease): registering the fleet on a loaded machine must not
+    # outlast the first workers' leases.
+    async with serving(settings) as api:
+        await _poisoned_beside_well_formed(api)
+
+
+async def _poisoned_beside_well_formed(api) -> None:
     workers = [await register(api, f"w{i}") for i in range(12)]
     poison = [
         b'{"incarnation": 1, "metrics": {"cpu": NaN}}',
