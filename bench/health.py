@@ -95,6 +95,7 @@ class Heartbeats(threading.Thread):
         self.client = httpx.Client(base_url=url, timeout=5)
         worker = self.client.post("/v1/workers/register", json={"name": "bench-w1"}).json()
         self.path = f"/v1/workers/{worker['worker_id']}/heartbeat"
+        self.headers = {"X-Worker-Secret": worker["secret"]}
         self.body = {"incarnation": worker["incarnation"], "running": []}
         self.last_ok = time.monotonic()
         self.statuses: dict[int, int] = {}
@@ -103,7 +104,7 @@ class Heartbeats(threading.Thread):
     def run(self) -> None:
         while not self.stopping.wait(0.5):
             try:
-                code = self.client.post(self.path, json=self.body).status_code
+                code = self.client.post(self.path, json=self.body, headers=self.headers).status_code
             except httpx.TransportError:
                 code = 0
             self.statuses[code] = self.statuses.get(code, 0) + 1

@@ -49,6 +49,7 @@ from psycopg_pool import AsyncConnectionPool
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import BenchError, Stack, machine, percentile, run_bench
 
+from streamorch.domain import credentials
 from streamorch.store.heartbeats import Beat, batch_params
 from streamorch.store.queries import sql
 
@@ -79,7 +80,12 @@ async def setup_fleet(base: str, n_workers: int, per_worker: int) -> list[dict[s
                 )
             r.raise_for_status()
             body = r.json()
-            return {"id": body["worker_id"], "incarnation": body["incarnation"], "running": []}
+            return {
+                "id": body["worker_id"],
+                "incarnation": body["incarnation"],
+                "secret": body["secret"],
+                "running": [],
+            }
 
         fleet = await asyncio.gather(*(register(i) for i in range(n_workers)))
         total = n_workers * per_worker
@@ -92,6 +98,7 @@ async def setup_fleet(base: str, n_workers: int, per_worker: int) -> list[dict[s
                 r = await client.post(
                     f"/v1/workers/{w['id']}/heartbeat",
                     json={"incarnation": w["incarnation"], "running": w["running"]},
+                    headers={"X-Worker-Secret": w["secret"]},
                 )
             r.raise_for_status()
             desired = sorted(a["stream"] for a in r.json()["assignments"])
@@ -146,9 +153,13 @@ class HttpxConnection:
         self.client = client
         self.last_used = time.perf_counter()
 
-    async def request(self, data: tuple[str, bytes]) -> tuple[int, bytes]:
-        path, body = data
-        r = await self.client.post(path, content=body, headers={"content-type": "application/json"})
+    async def request(self, data: tuple[str, bytes, str]) -> tuple[int, bytes]:
+        path, body, secret = data
+        r = await self.client.post(
+            path,
+            content=body,
+            headers={"content-type": "application/json", "X-Worker-Secret": secret},
+        )
         return r.status_code, r.content
 
     def close(self) -> None:
@@ -169,11 +180,12 @@ class Generator:
             if client == "raw":
                 head = (
                     f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                    f"X-Worker-Secret: {w['secret']}\r\n\r\n"
                 ).encode()
                 self.requests.append(head + body)
             else:
-                self.requests.append((path, body))
+                self.requests.append((path, body, w["secret"]))
             self.expected.append(w["running"])
         self.next = 0
         self.idle: collections.deque[Any] = collections.deque()
@@ -336,7 +348,9 @@ async def db_only(
 
 
 def _params(w: dict[str, Any]) -> dict[str, Any]:
-    return batch_params([Beat(w["id"], w["incarnation"], w["running"], False, {}, None, 30.0)])
+    secret_hash = credentials.digest(w["secret"])  # checked in the statement, as served
+    beat = Beat(w["id"], w["incarnation"], w["running"], False, {}, None, 30.0, secret_hash)
+    return batch_params([beat])
 
 
 def explain(conninfo: str, w: dict[str, Any]) -> dict[str, Any]:

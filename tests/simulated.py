@@ -226,6 +226,7 @@ class SimWorker:
         self.draining = False
 
         self.heartbeats = 0
+        self.secret: str | None = None  # the `secret` of the last registration
         self.applied = 0
         self.ignored = 0
         self.failovers = 0
@@ -330,6 +331,8 @@ class SimWorker:
         index = self._target
         client = self._clients[index]
         kwargs.setdefault("timeout", self.request_timeout)
+        if self.secret is not None:  # the worker's credential; on register, its proof
+            kwargs["headers"] = {"X-Worker-Secret": self.secret, **kwargs.get("headers", {})}
         try:
             response = await client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -367,6 +370,7 @@ class SimWorker:
                 data = response.json()
                 self._epoch += 1
                 self.worker_id = data["worker_id"]
+                self.secret = data["secret"]
                 self.incarnation = data["incarnation"]
                 self.heartbeat_interval = float(data["heartbeat_interval_s"])
                 self.lease_ttl = float(data["lease_ttl_s"])

@@ -112,6 +112,15 @@ class Settings(BaseSettings):
     orchestrator_port: int = _env("ORCHESTRATOR_PORT", default=8001, ge=1, le=65535, example="8001")
     # API processes on the one listening socket (core/processes.py); each has its own pool.
     server_processes: int = _env("SERVER_PROCESSES", default=1, ge=1, le=64, example="4")
+    # Connection limits (api/limits.py): a client has this long to send a request's line and
+    # headers, so slow clients cannot hold connections open; past this many open
+    # connections (or requests in progress), new requests get 503.
+    http_header_timeout: float = _env(
+        "HTTP_HEADER_TIMEOUT", default=10.0, gt=0, le=300, example="10"
+    )
+    http_max_connections: int = _env(
+        "HTTP_MAX_CONNECTIONS", default=4096, ge=1, le=1_000_000, example="4096"
+    )
 
     # API tokens; unset means no authentication.
     worker_token: SecretStr | None = _env("STREAMORCH_WORKER_TOKEN")

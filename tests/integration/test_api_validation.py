@@ -137,7 +137,8 @@ GOOD = {"url": "http://radio.example/stream.mp3"}
     ],
 )
 async def test_invalid_requests(api, method, path, body, status, code, fragment):
-    response = await api.request(method, path, json=body)
+    # Worker calls carry a (here unknown) worker secret: what is checked is the input.
+    response = await api.request(method, path, json=body, headers={"X-Worker-Secret": "s"})
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] == code
@@ -171,7 +172,7 @@ async def test_heartbeat_bodies_are_validated_like_every_other(api, content, fra
     response = await api.post(
         f"/v1/workers/{worker['worker_id']}/heartbeat",
         content=content,
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", "X-Worker-Secret": worker["secret"]},
     )
     assert response.status_code == 422, response.text
     error = response.json()["error"]
@@ -199,7 +200,9 @@ async def test_deregister_with_streams_is_a_409_with_advice(api):
     await api.put("/v1/streams/s1", json=GOOD)
     for _ in range(50):  # wait for the grant
         hb = await api.post(
-            f"/v1/workers/{worker['worker_id']}/heartbeat", json={"incarnation": 1, "running": []}
+            f"/v1/workers/{worker['worker_id']}/heartbeat",
+            json={"incarnation": 1, "running": []},
+            headers={"X-Worker-Secret": worker["secret"]},
         )
         if hb.json()["assignments"]:
             break

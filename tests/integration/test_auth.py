@@ -39,8 +39,8 @@ async def test_tokens_are_enforced(api):
     assert (await api.post("/v1/workers/register", json=register)).status_code == 401
     wrong = await api.post("/v1/workers/register", json=register, headers=bearer("nope"))
     assert wrong.status_code == 401
-    for token in ("worker-secret", "admin-secret"):
-        ok = await api.post("/v1/workers/register", json=register, headers=bearer(token))
+    for name, token in (("w1", "worker-secret"), ("w2", "admin-secret")):
+        ok = await api.post("/v1/workers/register", json={"name": name}, headers=bearer(token))
         assert ok.status_code == 201
 
     # Health and readiness need no token.

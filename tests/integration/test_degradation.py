@@ -210,6 +210,7 @@ async def test_postgres_outage_is_unready_then_recovers_fairly(
         heartbeat = await client.post(
             f"/v1/workers/{worker.worker_id}/heartbeat",
             json={"incarnation": worker.incarnation, "running": sorted(worker.running)},
+            headers={"X-Worker-Secret": worker.secret},
         )
         assert heartbeat.status_code == 503
         assert heartbeat.headers["Retry-After"]

@@ -84,11 +84,12 @@ async def heartbeat(api, worker: dict[str, Any], running: list[str], version: in
     return await api.post(
         f"/v1/workers/{worker['worker_id']}/heartbeat",
         json={"incarnation": worker["incarnation"], "running": running, "version": version},
+        headers={"X-Worker-Secret": worker["secret"]},
     )
 
 
-async def register(api, name: str, **body: Any) -> dict[str, Any]:
-    response = await api.post("/v1/workers/register", json={"name": name, **body})
+async def register(api, name: str, params: Any = None, **body: Any) -> dict[str, Any]:
+    response = await api.post("/v1/workers/register", json={"name": name, **body}, params=params)
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -241,9 +242,13 @@ async def test_incarnations_leases_and_forced_removal(api):
         rejoined = [e for e in events if e["kind"] == "worker_rejoined"]
         assert [e["details"]["kept"] for e in rejoined] == [len(before)]
 
-        # Another process registers as alpha: the old incarnation is fenced.
+        # Another process cannot take the name of a live worker without its secret...
+        taken = await api.post("/v1/workers/register", json={"name": "alpha", "capacity": 10})
+        assert taken.status_code == 409
+        assert taken.json()["error"]["code"] == "name_in_use"
+        # ...unless an admin forces it: the old incarnation is fenced.
         since = journal.mark()
-        newer = await register(api, "alpha", capacity=10)
+        newer = await register(api, "alpha", params={"force": "true"}, capacity=10)
         assert newer["incarnation"] == 3
         assert newer["kept_streams"] == len(before)
         await wait_until(lambda: alpha.conflicts, timeout=10, what="alpha told it is superseded")

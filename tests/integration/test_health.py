@@ -231,8 +231,9 @@ async def test_an_unexpected_error_is_logged_with_its_request_id(api, caplog):
         raise RuntimeError("boom")
 
     api.app.add_api_route("/test-broken", broken)
-    with pytest.raises(RuntimeError):  # the in-process transport re-raises what the app raised
-        await api.get("/test-broken", headers={"X-Request-ID": "req-500"})
+    response = await api.get("/test-broken", headers={"X-Request-ID": "req-500"})
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal"
     failed = [r for r in caplog.records if getattr(r, "action", None) == "request_failed"]
     assert len(failed) == 1
     assert failed[0].getMessage() == "request failed: GET /test-broken"

@@ -77,9 +77,12 @@ async def test_reregisters_after_being_superseded(server: ServerProcess) -> None
         await wait_until(lambda: set(worker.running) == {"a", "b"}, what="both run")
         first = worker.incarnation
         assert first is not None
-        # Another process registers under the same name: this incarnation is fenced.
+        # An admin registers another process under the same name: this incarnation is
+        # fenced, and registers again once the usurper's lease has ended.
         async with httpx.AsyncClient(base_url=server.url) as raw:
-            answer = await raw.post("/v1/workers/register", json={"name": "w1"})
+            answer = await raw.post(
+                "/v1/workers/register", json={"name": "w1"}, params={"force": "true"}
+            )
         assert answer.status_code == 201
         usurper = answer.json()["incarnation"]
 

@@ -106,10 +106,11 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
         summary="Keeps every enabled stream running on exactly one healthy worker.",
         lifespan=lifespan,
     )
-    from streamorch.api import errors, limits, middleware
+    from streamorch.api import errors, limits, middleware, openapi
     from streamorch.api.routes import cluster, compat, health, streams, workers
 
     errors.install(app)
+    openapi.install(app, workers.heartbeat_route)
     app.add_middleware(limits.BodySizeLimit)
     app.add_middleware(middleware.RequestContext, metrics=metrics)
     for module in (health, streams, workers, cluster, compat):

@@ -1,12 +1,25 @@
-"""Request dependencies: the orchestrator and bearer-token checks (constant time)."""
+"""Request dependencies: the orchestrator, bearer tokens (constant time) and worker secrets.
+
+Who may do what (docs/reference/worker-protocol.md, "Authentication"):
+
+- no token configured: every call is open (a trusted network only);
+- the admin token: every call; it also overrides a worker's secret (drain, deregister,
+  read its assignments) and may force a registration over a live holder;
+- the worker token: register, and the calls of a worker whose secret it sends.
+
+A missing, malformed or wrong token is 401; a worker call without that worker's secret,
+or `force=true` without the admin token, is 403.
+"""
 
 from __future__ import annotations
 
 import hmac
+import uuid
 
 from fastapi import HTTPException, Request
 
 from streamorch.core.service import Orchestrator
+from streamorch.domain import credentials
 
 
 async def orchestrator(request: Request) -> Orchestrator:
@@ -56,6 +69,26 @@ async def require_worker(request: Request) -> None:
     given = _token(request)
     if not (_matches(given, worker) or _matches(given, admin)):
         raise _denied(request, "the worker token (or the admin token)")
+
+
+def is_admin(request: Request) -> bool:
+    """The caller has the admin's authority: it sends the admin token, or none is set."""
+    admin = _secret(request.app.state.runtime.settings.admin_token)
+    return admin is None or _matches(_token(request), admin)
+
+
+def worker_secret(request: Request) -> str | None:
+    """The caller's `X-Worker-Secret`, if it sent one."""
+    return request.headers.get(credentials.HEADER)
+
+
+async def require_worker_secret(request: Request, worker_id: uuid.UUID) -> None:
+    """The worker itself (its current secret) or an admin: 404 for an unknown worker."""
+    await require_worker(request)
+    if is_admin(request):
+        return
+    orch: Orchestrator = request.app.state.runtime.orchestrator
+    await orch.check_secret(worker_id, worker_secret(request))
 
 
 def _denied(request: Request, what: str, *, worker_token: bool = False) -> HTTPException:

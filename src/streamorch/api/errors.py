@@ -22,6 +22,7 @@ STATUS = {
     errors.LeaseExpired: 409,
     errors.Conflict: 409,
     errors.InvalidInput: 422,
+    errors.Forbidden: 403,
 }
 
 
@@ -69,6 +70,13 @@ def install(app: FastAPI) -> None:
         shown = "; ".join(problems[:10]) + (
             f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
         )
+        # A client's mistake: one line, no stack trace, at a level that a flood of
+        # them cannot turn into a flood of warnings.
+        log.info(
+            "invalid request: %s",
+            shown[:300],
+            extra={"action": "invalid_request", "path": request.url.path},
+        )
         return JSONResponse(
             body("invalid_input", f"invalid request: {shown}", {"problems": problems[:100]}),
             status_code=422,
@@ -79,6 +87,7 @@ def install(app: FastAPI) -> None:
         code = {
             404: "not_found",
             405: "method_not_allowed",
+            400: "bad_request",
             413: "too_large",
             401: "unauthorized",
             403: "forbidden",
@@ -91,6 +100,24 @@ def install(app: FastAPI) -> None:
             body(code, message, details),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(psycopg.DataError)
+    async def unstorable(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        # A backstop: validation refuses what PostgreSQL cannot store, so reaching this
+        # means a rule is missing there. Still the client's 422, logged in one line.
+        log.warning(
+            "database refused a value: %s",
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            extra={"action": "invalid_value", "path": request.url.path},
+        )
+        return JSONResponse(
+            body(
+                "invalid_value",
+                "a value in the request cannot be stored (for example a NUL character, a "
+                "number out of range or not finite): correct it and retry",
+            ),
+            status_code=422,
         )
 
     @app.exception_handler(psycopg.OperationalError)

@@ -11,6 +11,7 @@ series per worker.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -64,24 +65,30 @@ class RequestContext:
         fields_token = logs.request_fields.set(lambda: path_fields(scope))
         started = time.perf_counter()
         status = 500
+        responded = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
                 status = message["status"]
+                responded = True
                 MutableHeaders(scope=message).append(HEADER, request_id)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
+            # The one place a request's unexpected error is logged: it is not re-raised,
+            # so neither Starlette nor uvicorn logs its traceback a second time.
             log.exception(
                 "request failed: %s %s",
                 scope["method"],
                 scope["path"],
                 extra={"action": "request_failed", "path": scope["path"], "request_id": request_id},
             )
-            raise
+            status = 500
+            if not responded:
+                await _internal_error(send_with_id)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
@@ -90,3 +97,26 @@ class RequestContext:
             )
             logs.request_id.reset(token)
             logs.request_fields.reset(fields_token)
+
+
+async def _internal_error(send: Send) -> None:
+    payload = json.dumps(
+        {
+            "error": {
+                "code": "internal",
+                "message": "internal error; the server logged it with this request's id",
+                "details": {},
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -70,6 +70,12 @@ def worker(
     max_backoff: float = typer.Option(
         30.0, "--max-backoff", help="Longest wait before restarting a crashed command."
     ),
+    secret_file: str = typer.Option(
+        None,
+        "--secret-file",
+        envvar="STREAMORCH_WORKER_SECRET_FILE",
+        help="Keep the worker's secret here, so that a restart within the lease keeps its streams.",
+    ),
     log_level: str = typer.Option("INFO", "--log-level", envvar="LOG_LEVEL"),
 ) -> None:
     """Run one process per assigned stream.
@@ -99,6 +105,7 @@ def worker(
             on_revoke=supervisor.on_revoke,
             metrics=supervisor.metrics,
             drain_timeout=drain_timeout,
+            secret_file=secret_file,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

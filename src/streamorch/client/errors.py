@@ -43,7 +43,18 @@ class APIError(ClientError):
 
     @property
     def fenced(self) -> bool:
-        """The worker must stop everything and register again (409 or 404 on a worker call)."""
-        return self.status == 404 or (
-            self.status == 409 and self.code in ("superseded", "lease_expired")
+        """The worker must stop everything and register again (409 or 404 on a worker call,
+        or 403 when the server no longer takes its secret)."""
+        return (
+            self.status == 404
+            or (self.status == 409 and self.code in ("superseded", "lease_expired"))
+            or (
+                self.status == 403
+                and self.code in ("invalid_worker_secret", "worker_secret_required")
+            )
         )
+
+    @property
+    def name_in_use(self) -> bool:
+        """Registering: a live worker holds the name; retry once its lease has ended."""
+        return self.status == 409 and self.code == "name_in_use"

@@ -4,12 +4,20 @@
 current one; on a transport error or a 5xx it moves on to the next URL and tries again,
 once per URL, before raising. Tests replace the network with `transport=` (for example
 `httpx.MockTransport` or `httpx.ASGITransport`) or hand in a ready `client=`.
+
+A worker's connection also carries the worker's secret (the `secret` of its last
+registration) in `X-Worker-Secret` on every request. With `secret_file`, the secret
+survives a restart: the next process proves it is the same worker and keeps its streams.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +27,7 @@ from streamorch.client import errors
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "http://127.0.0.1:8001"
+SECRET_HEADER = "X-Worker-Secret"  # noqa: S105 - a header's name, not a secret
 
 
 def split_servers(servers: str | Sequence[str] | None) -> list[str]:
@@ -62,9 +71,12 @@ class Connection:
         client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 5.0,
+        secret_file: str | os.PathLike[str] | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = timeout
+        self.secret_file = Path(secret_file) if secret_file is not None else None
+        self.worker_secret = _read_secret(self.secret_file)
         self._owned: list[httpx.AsyncClient] = []
         if client is not None:
             if token:
@@ -85,6 +97,26 @@ class Connection:
     def base_url(self) -> str:
         """The base URL requests go to now."""
         return str(self._clients[self._current].base_url)
+
+    def remember_secret(self, secret: str | None) -> None:
+        """Send `secret` from now on (and keep it in `secret_file`, readable by the owner only)."""
+        self.worker_secret = secret
+        if self.secret_file is None or not secret:
+            return
+        try:
+            self.secret_file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.secret_file.parent, prefix=".secret-")
+            with os.fdopen(fd, "w") as out:  # mkstemp creates it 0600
+                out.write(secret)
+            os.replace(tmp, self.secret_file)
+        except OSError as exc:
+            log.warning(
+                "cannot keep the worker secret in %s: %s (a restart will wait for the old "
+                "lease to end)",
+                self.secret_file,
+                exc,
+                extra={"action": "secret_not_saved"},
+            )
 
     async def aclose(self) -> None:
         """Close the clients this connection created."""
@@ -108,7 +140,12 @@ class Connection:
             client = self._clients[index]
             try:
                 response = await client.request(
-                    method, path, json=json, params=params, timeout=timeout or self.timeout
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    timeout=timeout or self.timeout,
+                    headers={SECRET_HEADER: self.worker_secret} if self.worker_secret else None,
                 )
             except httpx.TransportError as exc:
                 last = errors.TransportError(f"{method} {client.base_url}{path}: {exc!r}")
@@ -144,3 +181,11 @@ def _api_error(response: httpx.Response) -> errors.APIError:
         message = str(error.get("message", message))
         details = error.get("details") or {}
     return errors.APIError(response.status_code, code, message, details)
+
+
+def _read_secret(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return path.read_text().strip() or None
+    return None

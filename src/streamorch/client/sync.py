@@ -8,6 +8,7 @@ graceful shutdown; the callbacks are plain functions and run in a thread pool, s
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
@@ -50,6 +51,8 @@ class Worker:
         max_backoff: Longest wait between retries.
         drain_timeout: On shutdown, seconds to wait for the streams to move away.
         metrics: Returns extra numbers for each heartbeat.
+        secret_file: A file (kept 0600) that holds this worker's secret, so a restarted
+            process proves it is the same worker and keeps its streams.
         log_requests: Let httpx log each request (off by default).
     """
 
@@ -72,6 +75,7 @@ class Worker:
         max_backoff: float = 5.0,
         drain_timeout: float = 60.0,
         metrics: MetricsSource | None = None,
+        secret_file: str | os.PathLike[str] | None = None,
         log_requests: bool = False,
     ) -> None:
         check_worker_options(name, capacity, on_assign, on_revoke)
@@ -88,6 +92,7 @@ class Worker:
             "long_poll_wait": long_poll_wait,
             "fence_margin": fence_margin,
             "jitter": jitter,
+            "secret_file": secret_file,
             "max_backoff": max_backoff,
             "drain_timeout": drain_timeout,
             "metrics": metrics,

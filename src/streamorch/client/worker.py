@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import random
 import signal
 import time
@@ -94,6 +95,8 @@ class AsyncWorker:
         drain_timeout: On shutdown, seconds to wait for the streams to move away before
             stopping those left.
         metrics: Returns extra numbers to send with each heartbeat.
+        secret_file: A file (kept 0600) that holds this worker's secret, so a restarted
+            process proves it is the same worker and keeps its streams (static membership).
         log_requests: Let httpx log every request at INFO (off: only this worker's own
             lines — registrations, starts, stops, fencing, errors — are logged).
     """
@@ -119,6 +122,7 @@ class AsyncWorker:
         drain_timeout: float = 60.0,
         metrics: MetricsSource | None = None,
         log_requests: bool = False,
+        secret_file: str | os.PathLike[str] | None = None,
     ) -> None:
         check_worker_options(name, capacity, on_assign, on_revoke)
         self.name = name
@@ -136,7 +140,12 @@ class AsyncWorker:
         if not log_requests:
             quiet_request_logs()
         self._conn = Connection(
-            servers, token=token, client=client, transport=transport, timeout=request_timeout
+            servers,
+            token=token,
+            client=client,
+            transport=transport,
+            timeout=request_timeout,
+            secret_file=secret_file,
         )
 
         self.registration: Registration | None = None
@@ -458,11 +467,12 @@ class AsyncWorker:
                     ) from exc
                 log.warning("cannot register: %s", exc, extra={"action": "register_retry"})
             except errors.APIError as exc:
-                if not exc.retryable:
+                if not (exc.retryable or exc.name_in_use):
                     raise _registration_refused(exc, self.server) from None
                 log.warning("cannot register: %s", exc, extra={"action": "register_retry"})
             else:
                 self._epoch += 1
+                self._conn.remember_secret(data.get("secret"))
                 self.registration = Registration.from_json(data)
                 self.heartbeat_interval = self.registration.heartbeat_interval_s
                 self.lease_ttl = self.registration.lease_ttl_s

@@ -192,6 +192,7 @@ async def _serve(
             super().handle_exit(sig, frame)
             self._loop.call_soon_threadsafe(self._on_exit)
 
+    from streamorch.api import limits
     from streamorch.api.app import create_app
 
     sock = bind_socket(settings)  # fail fast, before minutes of waiting
@@ -204,8 +205,13 @@ async def _serve(
             await _serve_processes(settings, sock, began)
             return
         app = create_app(settings, report)
-        config = uvicorn.Config(
-            app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=10
+        config = limits.server_config(
+            app,
+            settings,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
         )
         server = _Server(config, on_exit=lambda: _release_long_polls(app))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -20,7 +20,7 @@ from streamorch.core.catalog_sync import CatalogSync
 from streamorch.core.loop_lag import LoopLag
 from streamorch.core.notifier import Notifier
 from streamorch.core.reconciler import Reconciler
-from streamorch.domain import placement
+from streamorch.domain import credentials, placement
 from streamorch.domain.errors import NotFound
 from streamorch.domain.models import Policy, StreamView
 from streamorch.store import postgres
@@ -110,17 +110,41 @@ class Orchestrator:
 
     # -- fleet -----------------------------------------------------------------
     async def register(
-        self, *, name: str, capacity: int, labels: dict[str, str], address: str | None
+        self,
+        *,
+        name: str,
+        capacity: int,
+        labels: dict[str, str],
+        address: str | None,
+        proof: str | None = None,
+        supersede: bool = True,
     ) -> dict[str, Any]:
+        """A new incarnation of `name`; its row carries the incarnation's `secret`.
+
+        `supersede` false: a live holder of the name is fenced only when `proof` is its
+        secret (docs/decisions/0014-per-worker-credentials.md).
+        """
+        secret = credentials.new_secret()
         row, touched = await self.store.register(
             name=name,
             capacity=capacity,
             labels=labels,
             address=address,
             ttl=self.settings.lease_ttl,
+            secret_hash=credentials.digest(secret),
+            proof=proof,
+            supersede=supersede,
         )
         await self._changed(touched)
-        return row
+        return {**row, "secret": secret}
+
+    async def check_secret(self, worker_id: uuid.UUID, secret: str | None) -> None:
+        """NotFound for an unknown worker; Forbidden unless `secret` is its current one."""
+        stored = await self.store.worker_secret_hash(worker_id)
+        if secret is None:
+            raise credentials.refused(worker_id, given=False)
+        if not credentials.matches(secret, stored):
+            raise credentials.refused(worker_id)
 
     async def heartbeat(
         self,
@@ -131,8 +155,9 @@ class Orchestrator:
         draining: bool,
         metrics: dict[str, Any],
         acked_version: int | None = None,
-        report_is_current: bool = False,
+        secret: str | None = None,
     ) -> HeartbeatResult:
+        """`secret` None: the caller authenticated the worker itself (the original protocol)."""
         result = await self.store.heartbeat(
             worker_id,
             incarnation=incarnation,
@@ -141,7 +166,7 @@ class Orchestrator:
             metrics=metrics,
             ttl=self.settings.lease_ttl,
             acked_version=acked_version,
-            report_is_current=report_is_current,
+            secret=secret,
         )
         if result.became_draining:
             await postgres.bump_generation(self.db)

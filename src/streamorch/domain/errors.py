@@ -6,6 +6,7 @@
     │   ├── Superseded          a newer incarnation of this worker registered
     │   └── LeaseExpired        the worker's lease ran out; it must register again
     ├── InvalidInput            the request is malformed (422); says what and how to fix
+    ├── Forbidden               the caller may not act for this worker (403)
     ├── ConfigurationError      invalid settings; carries every problem found
     ├── ServiceError            a backing service cannot be used
     │   ├── ServiceUnavailable  did not answer in time (carries the last problem)
@@ -54,6 +55,13 @@ class LeaseExpired(Conflict):
 
 class InvalidInput(StreamorchError):
     def __init__(self, message: str, *, code: str = "invalid_input", **details: object) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(message)
+
+
+class Forbidden(StreamorchError):
+    def __init__(self, message: str, *, code: str = "forbidden", **details: object) -> None:
         self.code = code
         self.details = details
         super().__init__(message)

@@ -8,22 +8,32 @@ heartbeat is written at once and only a busy server forms larger batches.
 
 A worker is never in two batches at once, nor twice in one: its heartbeats are
 written in the order they arrived.
+
+One worker's beat can never fail another's: the API refuses what the statement
+cannot store, and should a beat still make the statement fail, the batch is split
+in halves until the failing beats are alone, so only their senders get the error.
+A lost connection or a full pool is everyone's problem and fails the whole batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
+from psycopg_pool import PoolTimeout
 
 from streamorch.store.database import HEARTBEAT_CONNECTIONS, DatabaseManager
 from streamorch.store.queries import sql
 from streamorch.store.retry import retry_conflicts
+
+log = logging.getLogger(__name__)
 
 # Enough to amortise a statement; small enough that one batch stays a short transaction.
 MAX_BATCH = 128
@@ -40,9 +50,9 @@ class Beat:
     metrics: dict[str, Any]
     acked_version: int | None
     ttl: float
-    # The original protocol names no version: its report counts as reflecting the
-    # desired set as of its arrival (store/compat.py accounts for hand-outs).
-    current: bool = False
+    # The digest of the secret the beat came with; None: the caller authenticated the
+    # worker another way (the original protocol has no secrets).
+    secret_hash: bytes | None = None
 
 
 @dataclass
@@ -60,10 +70,10 @@ def batch_params(beats: list[Beat]) -> dict[str, Any]:
         "incarnations": [b.incarnation for b in beats],
         "runnings": [",".join(b.running) for b in beats],
         "acked_versions": [b.acked_version for b in beats],
-        "currents": [b.current for b in beats],
-        "metrics": [json.dumps(b.metrics) for b in beats],
+        "metrics": [json.dumps(b.metrics, allow_nan=False) for b in beats],
         "draining": [b.draining for b in beats],
         "ttls": [b.ttl for b in beats],
+        "secret_hashes": [b.secret_hash for b in beats],
     }
 
 
@@ -117,7 +127,7 @@ class HeartbeatBatcher:
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
-            rows = await self._execute([p.beat for p in batch])
+            await self._write_isolated(batch)
         except Exception as exc:
             for pending in batch:
                 if not pending.answer.done():
@@ -126,16 +136,36 @@ class HeartbeatBatcher:
             for pending in batch:
                 pending.answer.cancel()
             raise
-        else:
-            self.batches += 1
-            self.beats += len(batch)
-            for pending in batch:
-                if not pending.answer.done():
-                    pending.answer.set_result(rows.get(pending.beat.worker_id))
         finally:
             self._writing -= {p.beat.worker_id for p in batch}
             self._in_flight.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._start_batches()
+
+    async def _write_isolated(self, batch: list[_Pending]) -> None:
+        """Write the batch; answer each beat with its row or, alone, with its own error."""
+        try:
+            rows = await self._execute([p.beat for p in batch])
+        except (psycopg.OperationalError, PoolTimeout):
+            raise  # the database, not a beat: every beat in the batch fails
+        except Exception as exc:
+            if len(batch) == 1:
+                log.warning(
+                    "heartbeat refused by the database: %s",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    extra={"action": "heartbeat_refused", "worker": str(batch[0].beat.worker_id)},
+                )
+                if not batch[0].answer.done():
+                    batch[0].answer.set_exception(exc)
+                return
+            half = len(batch) // 2
+            await self._write_isolated(batch[:half])
+            await self._write_isolated(batch[half:])
+            return
+        self.batches += 1
+        self.beats += len(batch)
+        for pending in batch:
+            if not pending.answer.done():
+                pending.answer.set_result(rows.get(pending.beat.worker_id))
 
     @retry_conflicts
     async def _execute(self, beats: list[Beat]) -> dict[uuid.UUID, dict[str, Any]]:

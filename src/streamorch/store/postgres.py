@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from streamorch.domain import placement, settle
+from streamorch.domain import credentials, placement, settle
 from streamorch.domain.errors import Conflict, LeaseExpired, NotFound, Superseded
 from streamorch.domain.models import (
     EMPTY,
@@ -232,7 +233,16 @@ class EngineStore:
         address: str | None,
         ttl: float,
         kind: str = "sdk",
+        secret_hash: bytes | None = None,
+        proof: str | None = None,
+        supersede: bool = True,
     ) -> tuple[dict[str, Any], set[str]]:
+        """Register `name`; `secret_hash` is the new incarnation's.
+
+        With `supersede` false, a name whose holder is live is taken over only by a
+        call that proves to be that holder (`proof`, the holder's secret): otherwise
+        `Conflict("name_in_use")`.
+        """
         params = {
             "name": name,
             "capacity": capacity,
@@ -240,11 +250,27 @@ class EngineStore:
             "address": address,
             "ttl": ttl,
             "kind": kind,  # "original": an instance of the original protocol (core/compat.py)
+            "secret_hash": secret_hash,
         }
         async with self.db.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql("lock_worker_by_name"), {"name": name})
             old = await cur.fetchone()
+            if (
+                old is not None
+                and not supersede
+                and old["status"] in ("active", "draining")
+                and old["lease_valid"]
+                and not credentials.matches(proof, old["secret_hash"])
+            ):
+                retry_after = max(1, math.ceil(old["lease_left_s"]))
+                raise Conflict(
+                    f"a live worker holds the name {name!r}: send its secret in "
+                    f"{credentials.HEADER} to register as it again, or retry after its lease "
+                    f"ends (in {retry_after} s); an admin may pass force=true",
+                    code="name_in_use",
+                    retry_after_s=retry_after,
+                )
             if old is None:
                 await cur.execute(sql("insert_worker"), params)
                 row = await cur.fetchone()
@@ -299,24 +325,18 @@ class EngineStore:
         metrics: dict[str, Any],
         ttl: float,
         acked_version: int | None = None,
-        report_is_current: bool = False,
+        secret: str | None = None,
     ) -> HeartbeatResult:
         """Renew the lease and record the running set.
 
         `acked_version`: the desired-set version the worker applied; a stop report
-        without one never finishes a move (I9). `report_is_current`: the report
-        reflects the desired set as of its arrival (original-protocol instances).
+        without one never finishes a move (I9). `secret` None: the caller
+        authenticated the worker itself.
         """
+        secret_hash = None if secret is None else credentials.digest(secret)
         row = await self.heartbeats.submit(
             Beat(
-                worker_id,
-                incarnation,
-                running,
-                draining,
-                metrics,
-                acked_version,
-                ttl,
-                report_is_current,
+                worker_id, incarnation, running, draining, metrics, acked_version, ttl, secret_hash
             )
         )
         if row is None:
@@ -328,6 +348,8 @@ class EngineStore:
                     f"{row['incarnation']}: stop every stream and register again",
                     current_incarnation=row["incarnation"],
                 )
+            if not row["secret_ok"]:
+                raise credentials.refused(worker_id)
             raise LeaseExpired(
                 "the lease expired (or the worker was removed): stop every stream and register "
                 "again",
@@ -350,6 +372,15 @@ class EngineStore:
         if row is None:
             raise NotFound("worker", str(worker_id))
         return row
+
+    async def worker_secret_hash(self, worker_id: uuid.UUID) -> bytes | None:
+        """The digest of the worker's current secret; NotFound when there is no such worker."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(sql("worker_secret"), {"id": worker_id})
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound("worker", str(worker_id))
+        return None if row[0] is None else bytes(row[0])
 
     async def version(self, worker_id: uuid.UUID) -> int:
         async with self.db.connection() as conn:

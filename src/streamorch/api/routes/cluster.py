@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from streamorch.api import deps
+from streamorch.api.schemas import INT64_MAX, KEY_PATTERN
 from streamorch.core.service import Orchestrator
 
 router = APIRouter(prefix="/v1", tags=["cluster"], dependencies=[Depends(deps.require_admin)])
@@ -19,9 +20,9 @@ async def status(orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, A
 
 @router.get("/events")
 async def events(
-    since: int = Query(0, ge=0),
+    since: int = Query(0, ge=0, le=INT64_MAX),
     limit: int = Query(100, ge=1, le=1000),
-    stream: str | None = Query(None, max_length=200),
+    stream: str | None = Query(None, pattern=KEY_PATTERN),
     newest: bool = Query(False, description="The newest `limit` events, newest first."),
     orch: Orchestrator = Depends(deps.orchestrator),
 ) -> dict[str, Any]:

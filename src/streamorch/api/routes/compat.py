@@ -20,7 +20,7 @@ from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from streamorch.api import deps
-from streamorch.api.schemas import MAX_RUNNING, _check_labels
+from streamorch.api.schemas import MAX_RUNNING, _check_labels, _check_metrics
 from streamorch.core.compat import Compat
 from streamorch.core.service import Orchestrator
 
@@ -30,7 +30,7 @@ MAX_ID = 10**18 - 1  # ids are stream keys of at most 18 digits
 StreamId = Annotated[int, Field(ge=0, le=MAX_ID)]
 # Looser than a v1 worker name: instances in the field use whatever their SERVER_ID was
 # (underscores, …); only whitespace and "/" (GET /instances/{server_id}) are refused.
-SERVER_ID_PATTERN = r"^[^\s/]{1,200}$"
+SERVER_ID_PATTERN = r"^[^\s/\x00]{1,200}$"
 ServerId = Annotated[str, StringConstraints(pattern=SERVER_ID_PATTERN)]
 Count = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
 
@@ -42,7 +42,7 @@ class Lenient(BaseModel):
 
 class RegisterBody(Lenient):
     server_id: ServerId
-    ip: str = Field(min_length=1, max_length=255, pattern=r"^[^\s/]+$")
+    ip: str = Field(min_length=1, max_length=255, pattern=r"^[^\s/\x00]+$")
     port: int = Field(ge=0, le=65535)
     max_streams: int = Field(20, ge=1, le=1_000_000)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -53,8 +53,13 @@ class RegisterBody(Lenient):
 class HeartbeatBody(Lenient):
     server_id: ServerId
     current_streams: Count  # a count: the clients never send ids
-    status: str = Field("active", max_length=64)
+    status: str = Field("active", max_length=64, pattern=r"^[^\x00]*$")
     system_metrics: dict[str, Any] | None = None
+
+    @field_validator("system_metrics")
+    @classmethod
+    def _storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else _check_metrics(value)
 
 
 class AssignBody(Lenient):

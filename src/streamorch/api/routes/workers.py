@@ -13,8 +13,10 @@ from pydantic import ValidationError
 from starlette.routing import Route
 
 from streamorch.api import deps
-from streamorch.api.schemas import DesiredOut, HeartbeatBody, RegisterBody
+from streamorch.api.schemas import INT64_MAX, DesiredOut, HeartbeatBody, RegisterBody
 from streamorch.core.service import Orchestrator
+from streamorch.domain import credentials
+from streamorch.domain.errors import Forbidden
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
 
@@ -46,10 +48,27 @@ def desired_response(request: Request, row: dict[str, Any]) -> Response:
 
 @router.post("/register", status_code=201, dependencies=[Depends(deps.require_worker)])
 async def register(
-    request: Request, body: RegisterBody, orch: Orchestrator = Depends(deps.orchestrator)
+    request: Request,
+    body: RegisterBody,
+    force: bool = Query(
+        False,
+        description="take the name over from its live holder (admin token only)",
+    ),
+    orch: Orchestrator = Depends(deps.orchestrator),
 ) -> JSONResponse:
+    """Start a new incarnation of the worker `name`; the answer's `secret` authenticates
+    its calls. A live holder of the name is fenced only by a call that sends the
+    holder's secret in `X-Worker-Secret` (a restart of the same worker) or by an admin
+    with `force=true`; otherwise 409 `name_in_use`."""
+    if force and not deps.is_admin(request):
+        raise Forbidden("force=true needs the admin token", code="forbidden")
     row = await orch.register(
-        name=body.name, capacity=body.capacity, labels=body.labels, address=body.address
+        name=body.name,
+        capacity=body.capacity,
+        labels=body.labels,
+        address=body.address,
+        proof=deps.worker_secret(request),
+        supersede=force,
     )
     settings = _settings(request)
     return JSONResponse(
@@ -57,6 +76,7 @@ async def register(
             "worker_id": str(row["id"]),
             "name": body.name,
             "incarnation": row["incarnation"],
+            "secret": row["secret"],
             "heartbeat_interval_s": settings.heartbeat_interval,
             "lease_ttl_s": settings.lease_ttl,
             "lease_expires_at": row["lease_expires_at"].isoformat(),
@@ -66,24 +86,13 @@ async def register(
     )
 
 
-@router.post(
-    "/{worker_id}/heartbeat",
-    dependencies=[Depends(deps.require_worker)],
-    response_model=DesiredOut,
-)
-async def heartbeat(request: Request, worker_id: uuid.UUID, body: HeartbeatBody) -> Response:
+async def fast_heartbeat(request: Request) -> Response:
     """Renew the lease, report the running set, get the desired set.
 
-    Served by `heartbeat_route` below, which is matched before every other route; this
-    declaration is what documents the call in /openapi.json.
-    """
-    return await _heartbeat(request, worker_id, body)
-
-
-async def fast_heartbeat(request: Request) -> Response:
-    """The heartbeat as a plain Starlette endpoint: the same checks and errors, without
-    FastAPI's per-request machinery (the scan of every route, dependency resolution),
-    which was a third of a heartbeat's CPU (docs/decisions/0005-heartbeat-hot-path.md)."""
+    A plain Starlette endpoint: the same checks and errors, without FastAPI's
+    per-request machinery (the scan of every route, dependency resolution), which was a
+    third of a heartbeat's CPU (docs/decisions/0005-heartbeat-hot-path.md). Its OpenAPI
+    entry is generated from `HeartbeatBody` and `DesiredOut` (api/openapi.py)."""
     request.scope["route"] = heartbeat_route  # FastAPI's router sets it only for its own routes
     await deps.require_worker(request)
     raw_id = request.path_params["worker_id"]
@@ -93,6 +102,8 @@ async def fast_heartbeat(request: Request) -> Response:
         raise RequestValidationError(
             [{"loc": ("path", "worker_id"), "msg": "Input should be a valid UUID", "type": "uuid"}]
         ) from None
+    if deps.worker_secret(request) is None:
+        raise credentials.refused(worker_id, given=False)
     try:
         body = HeartbeatBody.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -116,6 +127,7 @@ async def _heartbeat(request: Request, worker_id: uuid.UUID, body: HeartbeatBody
         draining=body.status == "draining",
         metrics=body.metrics,
         acked_version=body.version,
+        secret=deps.worker_secret(request) or "",
     )
     return desired_response(
         request,
@@ -131,20 +143,22 @@ async def _heartbeat(request: Request, worker_id: uuid.UUID, body: HeartbeatBody
 
 @router.get(
     "/{worker_id}/assignments",
-    dependencies=[Depends(deps.require_worker)],
+    dependencies=[Depends(deps.require_worker_secret)],
     response_model=DesiredOut,
 )
 async def assignments(
     request: Request,
     worker_id: uuid.UUID,
-    version: int | None = Query(None, ge=0),
+    version: int | None = Query(None, ge=0, le=INT64_MAX),
     wait: float = Query(0, ge=0, le=30),
     orch: Orchestrator = Depends(deps.orchestrator),
 ) -> Response:
     return desired_response(request, await orch.desired(worker_id, version=version, wait=wait))
 
 
-@router.post("/{worker_id}/drain", status_code=202, dependencies=[Depends(deps.require_worker)])
+@router.post(
+    "/{worker_id}/drain", status_code=202, dependencies=[Depends(deps.require_worker_secret)]
+)
 async def drain(
     worker_id: uuid.UUID, orch: Orchestrator = Depends(deps.orchestrator)
 ) -> dict[str, str]:
@@ -152,7 +166,7 @@ async def drain(
     return {"status": "draining"}
 
 
-@router.delete("/{worker_id}", status_code=204, dependencies=[Depends(deps.require_worker)])
+@router.delete("/{worker_id}", status_code=204, dependencies=[Depends(deps.require_worker_secret)])
 async def deregister(
     worker_id: uuid.UUID, force: bool = False, orch: Orchestrator = Depends(deps.orchestrator)
 ) -> Response:

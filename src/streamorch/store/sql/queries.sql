@@ -71,20 +71,24 @@ SELECT s.key, s.url, s.weight, s.labels, s.requires, s.enabled, s.created_at, s.
  LIMIT %(limit)s;
 
 -- name: lock_worker_by_name
-SELECT id, incarnation, status, lease_expires_at > now() AS lease_valid
+SELECT id, incarnation, status, lease_expires_at > now() AS lease_valid, secret_hash,
+       greatest(extract(epoch FROM lease_expires_at - now()), 0)::float8 AS lease_left_s
   FROM workers WHERE name = %(name)s FOR UPDATE;
 
 -- name: insert_worker
-INSERT INTO workers (name, capacity, labels, address, kind, lease_expires_at)
+INSERT INTO workers (name, capacity, labels, address, kind, lease_expires_at, secret_hash)
 VALUES (%(name)s, %(capacity)s, %(labels)s, %(address)s, %(kind)s,
-        now() + make_interval(secs => %(ttl)s))
+        now() + make_interval(secs => %(ttl)s), %(secret_hash)s)
 RETURNING id, incarnation, lease_expires_at;
+
+-- name: worker_secret
+SELECT secret_hash FROM workers WHERE id = %(id)s;
 
 -- name: reincarnate_worker
 UPDATE workers
    SET incarnation = incarnation + 1, capacity = %(capacity)s, labels = %(labels)s,
        address = %(address)s, kind = %(kind)s, status = 'active', running = '{}', metrics = '{}',
-       acked_version = NULL,
+       acked_version = NULL, secret_hash = %(secret_hash)s,
        version = version + 1, registered_at = now(), last_heartbeat = now(),
        lease_expires_at = now() + make_interval(secs => %(ttl)s)
  WHERE id = %(id)s
@@ -105,20 +109,18 @@ UPDATE assignments SET target_id = NULL WHERE target_id = ANY (%(ids)s::uuid[]);
 -- name: heartbeats
 -- Many workers' heartbeats in one statement (store/heartbeats.py batches them): one
 -- round trip and one commit for the lot. `running` arrives comma-joined (stream keys
--- cannot contain a comma). No worker appears twice in a batch.
+-- cannot contain a comma). No worker appears twice in a batch. A beat renews the
+-- lease only with its incarnation's secret; a NULL secret is a caller that
+-- authenticated the worker another way (the original protocol).
 WITH input AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(incarnations)s::bigint[], %(runnings)s::text[],
-                         %(acked_versions)s::bigint[], %(currents)s::boolean[],
-                         %(metrics)s::jsonb[], %(draining)s::boolean[], %(ttls)s::float8[])
-           AS t(id, incarnation, running, acked_version, current, metrics, draining, ttl)
-), seen AS (
-    -- The versions in this statement's snapshot (no lock: a pass that committed after
-    -- the statement began is not in it). A report marked current (the original
-    -- protocol, which names no version) acknowledges the version it was received at.
-    SELECT w.id, w.version FROM workers w JOIN input i ON i.id = w.id
+                         %(acked_versions)s::bigint[], %(metrics)s::jsonb[],
+                         %(draining)s::boolean[], %(ttls)s::float8[],
+                         %(secret_hashes)s::bytea[])
+           AS t(id, incarnation, running, acked_version, metrics, draining, ttl, secret_hash)
 ), prev AS (
     -- Rows locked in one order, so concurrent batches cannot deadlock each other.
-    SELECT w.id, w.incarnation, w.status, w.running
+    SELECT w.id, w.incarnation, w.status, w.running, w.secret_hash
       FROM workers w JOIN input i ON i.id = w.id
      ORDER BY w.id
        FOR UPDATE OF w
@@ -127,11 +129,12 @@ WITH input AS (
        SET last_heartbeat = now(),
            lease_expires_at = now() + make_interval(secs => i.ttl),
            running = string_to_array(i.running, ','),
-           acked_version = CASE WHEN i.current THEN seen.version ELSE i.acked_version END,
+           acked_version = i.acked_version,
            metrics = i.metrics,
            status = CASE WHEN i.draining THEN 'draining' ELSE w.status END
-      FROM prev JOIN input i ON i.id = prev.id JOIN seen ON seen.id = prev.id
+      FROM prev JOIN input i ON i.id = prev.id
      WHERE w.id = prev.id AND prev.incarnation = i.incarnation
+       AND (i.secret_hash IS NULL OR prev.secret_hash = i.secret_hash)
        -- Live until a reconcile pass expired it, even if its lease ran out meanwhile:
        -- nothing moved off the worker yet, and the heartbeat may only be late because
        -- this server was slow to read it (I9).
@@ -139,6 +142,7 @@ WITH input AS (
     RETURNING w.id, w.lease_expires_at, w.status
 )
 SELECT prev.id, prev.incarnation, prev.status AS previous_status,
+       coalesce(i.secret_hash IS NULL OR prev.secret_hash = i.secret_hash, false) AS secret_ok,
        prev.running IS DISTINCT FROM string_to_array(i.running, ',') AS running_changed,
        -- The version in this statement's snapshot, which the assignments below are read
        -- from. Not the updated row's: when this statement waited for the row lock of a

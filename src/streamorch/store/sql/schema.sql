@@ -44,7 +44,9 @@ CREATE TABLE workers (
     lease_expires_at timestamptz NOT NULL,
     acked_version    bigint,
     kind             text NOT NULL DEFAULT 'sdk' CHECK (kind IN ('sdk', 'original')),
-    generation       text
+    generation       text,
+    -- SHA-256 of the current incarnation's secret (never the secret itself).
+    secret_hash      bytea
 );
 
 CREATE INDEX workers_live_lease ON workers (lease_expires_at) WHERE status IN ('active', 'draining');
