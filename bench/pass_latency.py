@@ -84,7 +84,14 @@ def setup_probes(base: str, n: int, streams: int) -> list[dict[str, Any]]:
             r.raise_for_status()
             body = r.json()
             client.post(f"/v1/workers/{body['worker_id']}/drain").raise_for_status()
-            probes.append({"id": body["worker_id"], "incarnation": body["incarnation"]})
+            probes.append(
+                {
+                    "id": body["worker_id"],
+                    "incarnation": body["incarnation"],
+                    "secret": body["secret"],
+                    "running": [],
+                }
+            )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             counts = client.get("/v1/status").json()["streams"]
