@@ -174,7 +174,7 @@ def test_workers_status_events_and_tokens(cli, server):
     assert "no worker 'ghost'" in cli("workers", "drain", "ghost", code=1).stderr
 
     status = as_json(cli("status", "--json"))
-    assert status["workers"]["draining"] == 1
+    assert status["workers"]["draining"] == 1, status["workers"]
     assert "workers" in cli("status").stdout
 
     events = as_json(cli("events", "--json", "--limit", "1000"))

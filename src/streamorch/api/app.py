@@ -84,6 +84,7 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
             await db.connect_with_retry()
             runtime.orchestrator = Orchestrator(settings, db, redis_client)
             runtime.orchestrator.reconciler.observers.append(metrics.observe_pass)
+            runtime.orchestrator.retention.observers.append(metrics.observe_retention)
             await runtime.orchestrator.start()
             runtime.monitors = start_monitors(db, redis_client, redis_target)
             # Back from an outage: run a pass now rather than when the backoff ends.
@@ -106,12 +107,12 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
         lifespan=lifespan,
     )
     from streamorch.api import errors, limits, middleware
-    from streamorch.api.routes import cluster, compat, health, streams, workers
+    from streamorch.api.routes import cluster, compat, fleet, health, streams, workers
 
     errors.install(app)
     app.add_middleware(limits.BodySizeLimit)
     app.add_middleware(middleware.RequestContext, metrics=metrics)
-    for module in (health, streams, workers, cluster, compat):
+    for module in (health, streams, workers, fleet, cluster, compat):
         app.include_router(module.router)
     # Routes are matched in order, and heartbeats are nearly all the traffic.
     app.router.routes.insert(0, workers.heartbeat_route)

@@ -36,6 +36,9 @@ from streamorch.store.heartbeats import Beat, HeartbeatBatcher
 from streamorch.store.queries import sql
 from streamorch.store.retry import retry_conflicts
 
+WORKER_STATUSES = frozenset({"active", "draining", "expired", "left"})
+LIVE_STATUSES = frozenset({"active", "draining"})
+
 # The advisory lock that serialises reconcile passes across replicas.
 RECONCILE_LOCK_KEY = 0x52454331  # "REC1"
 NOTIFY_CHANNEL = "streamorch_assignments"
@@ -94,18 +97,7 @@ class EngineStore:
 
     # -- helpers ---------------------------------------------------------------
     async def _events(self, conn: psycopg.AsyncConnection, events: Sequence[Event]) -> None:
-        if not events:
-            return
-        await conn.execute(
-            sql("insert_events"),
-            {
-                "kinds": [e.kind for e in events],
-                "streams": [e.stream for e in events],
-                "workers": [None if e.worker is None else str(e.worker) for e in events],
-                "reasons": [e.reason for e in events],
-                "details": [json.dumps(e.details) for e in events],
-            },
-        )
+        await write_events(conn, events)
 
     async def _touch(self, conn: psycopg.AsyncConnection, worker_ids: Iterable[Any]) -> set[str]:
         """Bump the version of workers whose desired set changed, and notify at commit."""
@@ -381,11 +373,34 @@ class EngineStore:
             await self._bump_generation(conn)
             return await self._touch(conn, [worker_id])
 
-    async def list_workers(self, status: str | None) -> list[dict[str, Any]]:
-        async with self.db.connection() as conn:
+    async def list_workers(
+        self, statuses: Sequence[str] | None = None, *, after: str = "", limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Up to `limit` workers with one of `statuses` (None: any) in name order after
+        `after`, each with its load. Live workers come from their own index, never by
+        reading past the departed ones."""
+        chosen = set(statuses or WORKER_STATUSES)
+        # Unprepared: each call is planned with its values, so a NULL filter folds away
+        # and the partial indexes apply (lists are not the hot path).
+        async with self.db.connection(prepared=False) as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(sql("list_workers"), {"status": status})
+            if chosen <= LIVE_STATUSES:
+                status = next(iter(chosen)) if len(chosen) == 1 else None
+                params = {"after": after, "limit": limit, "status": status}
+                await cur.execute(sql("list_live_workers"), params)
+            else:
+                params = {"after": after, "limit": limit, "statuses": sorted(chosen)}
+                await cur.execute(sql("list_workers"), params)
             return await cur.fetchall()
+
+    async def get_worker(
+        self, *, name: str | None = None, worker_id: uuid.UUID | None = None
+    ) -> dict[str, Any] | None:
+        """One worker by name or by id, whatever its status, with its load."""
+        async with self.db.connection(prepared=False) as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(sql("get_worker"), {"name": name, "id": worker_id})
+            return await cur.fetchone()
 
     # -- cluster ---------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
@@ -399,12 +414,18 @@ class EngineStore:
             by_status = {r["status"]: r["n"] for r in await cur.fetchall()}
         return {"streams": counts, "loads": loads, "workers": by_status}
 
-    async def events(self, *, since: int, limit: int, stream: str | None) -> list[dict[str, Any]]:
-        async with self.db.connection() as conn:
+    async def events(
+        self, *, since: int = 0, limit: int, stream: str | None, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Oldest first after `since`; or, given `before`, newest first before it."""
+        async with self.db.connection(prepared=False) as conn:  # planned per stream filter
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                sql("list_events"), {"since": since, "limit": limit, "stream": stream}
-            )
+            if before is None:
+                params = {"since": since, "limit": limit, "stream": stream}
+                await cur.execute(sql("list_events"), params)
+            else:
+                params = {"before": before, "limit": limit, "stream": stream}
+                await cur.execute(sql("list_events_newest"), params)
             return await cur.fetchall()
 
     async def snapshot(self, conn: psycopg.AsyncConnection) -> Snapshot:
@@ -574,6 +595,22 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+async def write_events(conn: psycopg.AsyncConnection, events: Sequence[Event]) -> None:
+    """Append `events` to the log, in this order, in the caller's transaction."""
+    if not events:
+        return
+    await conn.execute(
+        sql("insert_events"),
+        {
+            "kinds": [e.kind for e in events],
+            "streams": [e.stream for e in events],
+            "workers": [None if e.worker is None else str(e.worker) for e in events],
+            "reasons": [e.reason for e in events],
+            "details": [json.dumps(e.details) for e in events],
+        },
+    )
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
