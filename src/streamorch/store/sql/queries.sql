@@ -268,9 +268,16 @@ SELECT extract(epoch FROM now() - last_pass_at)::float8 AS gap_s FROM cluster;
 UPDATE cluster SET last_pass_at = now();
 
 -- name: grace_leases
-UPDATE workers SET lease_expires_at = greatest(lease_expires_at, now() + make_interval(secs => %(ttl)s))
- WHERE status IN ('active', 'draining')
-RETURNING id;
+-- Rows locked in id order first, the order the batched heartbeat locks them in: an
+-- update that locked them in scan order deadlocked with heartbeats.
+WITH live AS (
+    SELECT id FROM workers WHERE status IN ('active', 'draining') ORDER BY id FOR UPDATE
+)
+UPDATE workers w
+   SET lease_expires_at = greatest(w.lease_expires_at, now() + make_interval(secs => %(ttl)s))
+  FROM live
+ WHERE w.id = live.id
+RETURNING w.id;
 
 -- name: next_expiry
 -- Seconds until the earliest live lease ends (NULL without live workers): the
