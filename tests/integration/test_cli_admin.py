@@ -188,6 +188,22 @@ def test_workers_status_events_and_tokens(cli, server):
     assert "this call needs an admin token" in denied.stderr
 
 
+def test_workers_forget_a_departed_worker_by_name(cli, server):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    worker = httpx.post(
+        server + "/v1/workers/register", json={"name": "w-old", "capacity": 5}, headers=headers
+    ).json()
+    httpx.delete(f"{server}/v1/workers/{worker['worker_id']}", headers=headers)
+    departed = as_json(cli("workers", "list", "--status", "departed", "--json"))
+    assert "w-old" in [w["name"] for w in departed]
+    assert "w-old" not in cli("workers", "list").stdout  # live workers by default
+
+    assert "worker w-old forgotten" in cli("workers", "forget", "w-old").stdout
+    departed = as_json(cli("workers", "list", "--status", "departed", "--json"))
+    assert "w-old" not in [w["name"] for w in departed]
+    assert "no worker 'w-old'" in cli("workers", "forget", "w-old", code=1).stderr
+
+
 def test_no_server_exits_2_saying_where_it_looked():
     result = CliRunner().invoke(
         app, ["status"], env={"STREAMORCH_SERVER": f"http://127.0.0.1:{free_port()}"}
