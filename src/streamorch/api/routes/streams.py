@@ -73,13 +73,15 @@ async def list_streams(
     state: str | None = Query(None, pattern="^(assigned|unassigned|moving)$"),
     worker: str | None = Query(None, max_length=200),
     orch: Orchestrator = Depends(deps.orchestrator),
-) -> dict[str, Any]:
+) -> JSONResponse:
     rows = await orch.store.list_streams(
         after=cursor or "", limit=limit + 1, state=state, worker=worker
     )
     items = [stream_out(r) for r in rows[:limit]]
     next_cursor = items[-1]["key"] if len(rows) > limit else None
-    return {"items": items, "next_cursor": next_cursor}
+    # Encoded directly: FastAPI's generic encoder walks every value first, several
+    # times slower for a page of 1,000, and all of it on the event loop.
+    return JSONResponse({"items": items, "next_cursor": next_cursor})
 
 
 @router.get("/{key:path}/explain")
