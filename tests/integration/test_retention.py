@@ -3,6 +3,7 @@ replica at a time; events keep their worker's name. Real PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import psycopg
@@ -14,6 +15,7 @@ from streamorch.services import endpoints
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore
 from streamorch.store.retention import RETENTION_LOCK_KEY, RetentionStore
+from tests.simulated import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -205,3 +207,25 @@ async def test_forget_now_only_a_departed_worker(db, engine, retention_store):
     assert await names(db) == set()
     with pytest.raises(NotFound):
         await retention_store.forget(live)
+
+
+async def test_the_loop_runs_rounds_until_stopped(db, retention_store, make_settings):
+    await sql(
+        db,
+        "INSERT INTO events (kind, at) SELECT 'old', now() - interval '8 days' "
+        "FROM generate_series(1, 25)",
+    )
+    loop = retention(retention_store, make_settings, RETENTION_INTERVAL="0.05")
+    rounds: list[int] = []
+    loop.observers.append(lambda report: rounds.append(report.events))
+    loop.start()
+    loop.start()  # idempotent: one loop
+    try:
+        await wait_until(lambda: len(rounds) >= 3, timeout=30, what="three rounds")
+    finally:
+        await loop.stop()
+        await loop.stop()  # idempotent
+    assert rounds[0] == 25
+    assert set(rounds[1:]) == {0}
+    assert loop.stats.events == 25
+    assert all(task.get_name() != "retention" for task in asyncio.all_tasks())
