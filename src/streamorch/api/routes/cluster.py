@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 from streamorch.api import deps
+from streamorch.api.pages import json_page
 from streamorch.core.service import Orchestrator
 
 # The largest page of any list; answers stay small enough to encode in milliseconds.
@@ -32,7 +33,7 @@ async def events(
     limit: int = Query(100, ge=1, le=MAX_PAGE),
     stream: str | None = Query(None, max_length=200),
     orch: Orchestrator = Depends(deps.orchestrator),
-) -> JSONResponse:
+) -> Response:
     """One page of the event log.
 
     Oldest first: `{"items", "next_since"}`, follow with `since=next_since`. Newest
@@ -46,20 +47,23 @@ async def events(
         stream=stream,
         before=(before or _NO_BOUND) if newest else None,
     )
-    items = [
-        {
-            "id": r["id"],
-            "at": r["at"].isoformat(),
-            "kind": r["kind"],
-            "stream": r["stream_key"],
-            "worker_id": str(r["worker_id"]) if r["worker_id"] else None,
-            "worker": r["worker_name"],
-            "reason": r["reason"],
-            "details": r["details"],
-        }
-        for r in rows
-    ]
-    if newest:
-        next_before = items[-1]["id"] if len(items) == limit else None
-        return JSONResponse({"items": items, "next_before": next_before})
-    return JSONResponse({"items": items, "next_since": items[-1]["id"] if items else since})
+
+    def build() -> dict[str, Any]:
+        items = [
+            {
+                "id": r["id"],
+                "at": r["at"].isoformat(),
+                "kind": r["kind"],
+                "stream": r["stream_key"],
+                "worker_id": str(r["worker_id"]) if r["worker_id"] else None,
+                "worker": r["worker_name"],
+                "reason": r["reason"],
+                "details": r["details"],
+            }
+            for r in rows
+        ]
+        if newest:
+            return {"items": items, "next_before": items[-1]["id"] if len(items) == limit else None}
+        return {"items": items, "next_since": items[-1]["id"] if items else since}
+
+    return await json_page(build)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
 from streamorch.api import deps
+from streamorch.api.pages import json_page
 from streamorch.api.schemas import NAME_PATTERN
 from streamorch.core.service import Orchestrator
 
@@ -63,7 +64,7 @@ async def list_workers(
     limit: int = Query(100, ge=1, le=MAX_PAGE),
     cursor: str | None = Query(None, max_length=200, description="next_cursor of a page"),
     orch: Orchestrator = Depends(deps.orchestrator),
-) -> JSONResponse:
+) -> Response:
     """One page of workers in name order: `{"items": [...], "next_cursor": str | null}`."""
     if name is not None:
         row = await orch.store.get_worker(name=name)
@@ -71,9 +72,12 @@ async def list_workers(
         items = [worker_out(row)] if row is not None and row["status"] in wanted else []
         return JSONResponse({"items": items, "next_cursor": None})
     rows = await orch.workers(STATUS_GROUPS[status or "live"], after=cursor or "", limit=limit + 1)
-    items = [worker_out(r) for r in rows[:limit]]
-    next_cursor = items[-1]["name"] if len(rows) > limit else None
-    return JSONResponse({"items": items, "next_cursor": next_cursor})
+
+    def build() -> dict[str, Any]:
+        items = [worker_out(r) for r in rows[:limit]]
+        return {"items": items, "next_cursor": items[-1]["name"] if len(rows) > limit else None}
+
+    return await json_page(build)
 
 
 @router.get("/{worker_id}")
