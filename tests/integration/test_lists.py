@@ -12,6 +12,18 @@ from streamorch.client.errors import APIError
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture
+async def api(make_settings, postgres_server, database, redis_url):
+    """The app with leases long enough that no worker here expires (none heartbeats)."""
+    from tests.asgi import serving
+
+    settings = make_settings(
+        DATABASE_URL=postgres_server.url(database), REDIS_URL=redis_url, LEASE_TTL="600"
+    )
+    async with serving(settings) as client:
+        yield client
+
+
 async def register(api, name: str) -> str:
     response = await api.post("/v1/workers/register", json={"name": name, "capacity": 3})
     assert response.status_code == 201, response.text

@@ -63,7 +63,14 @@ class RetentionStore:
                 return None
             cur = await conn.execute(sql("departed_before"), {"cutoff": cutoff, "limit": limit})
             ids = [i for (i,) in await cur.fetchall()]
-            return [name for _, name in await self._forget(conn, ids, "retention")]
+            names = [name for _, name in await self._forget(conn, ids)]
+            if names:
+                # One event per batch: a catch-up on months of history forgets thousands.
+                details = {"count": len(names), "older_than_s": older_than_s}
+                await write_events(
+                    conn, [Event("workers_forgotten", None, None, "retention", details)]
+                )
+            return names
 
     @retry_conflicts
     async def forget(self, worker_id: uuid.UUID) -> str:
@@ -82,17 +89,20 @@ class RetentionStore:
                     code="worker_not_departed",
                     status=row["status"],
                 )
-            forgotten = await self._forget(conn, [worker_id], "requested")
-            if not forgotten:  # it still owns or is the target of a move: not departed yet
+            # Written while the row exists, so the event carries the name too; rolled
+            # back with the rest if the worker cannot be forgotten after all.
+            event = Event("worker_forgotten", None, worker_id, "requested", {"name": row["name"]})
+            await write_events(conn, [event])
+            if not await self._forget(conn, [worker_id]):  # still named in a move
                 raise Conflict(
                     f"worker {row['name']!r} still has streams in a move; retry in a moment",
                     code="worker_not_departed",
                     status=row["status"],
                 )
-            return forgotten[0][1]
+            return str(row["name"])
 
     async def _forget(
-        self, conn: psycopg.AsyncConnection, ids: Sequence[Any], reason: str
+        self, conn: psycopg.AsyncConnection, ids: Sequence[Any]
     ) -> list[tuple[Any, str]]:
         if not ids:
             return []
@@ -101,10 +111,6 @@ class RetentionStore:
         if not locked:
             return []
         locked_ids = [i for i, _ in locked]
-        # Written while the rows exist, so these events carry the name too.
-        await write_events(
-            conn, [Event("worker_forgotten", None, i, reason, {"name": n}) for i, n in locked]
-        )
         await conn.execute(sql("name_events"), {"ids": locked_ids})
         await conn.execute(sql("forget_handouts"), {"ids": locked_ids})
         await conn.execute(sql("forget_workers"), {"ids": locked_ids})
