@@ -52,8 +52,10 @@ def main() -> int:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     with Stack() as stack:
         with psycopg.connect(stack.conninfo(), autocommit=True) as conn:
-            conn.execute(PREFILL_WORKERS, {"n": args.workers})
-            conn.execute(PREFILL_EVENTS, {"n": args.events, "first": 1, "last": args.events})
+            month = 30 * 86400.0
+            conn.execute(PREFILL_WORKERS, {"n": args.workers, "span": month})
+            params = {"n": args.events, "first": 1, "last": args.events, "span": month}
+            conn.execute(PREFILL_EVENTS, params)
             conn.execute(
                 "INSERT INTO streams (key, url) SELECT 's' || i, 'http://r/' || i "
                 "FROM generate_series(1, 2000) i"
