@@ -33,7 +33,7 @@ PAGES = {
     "GET /v1/workers?status=all&limit=1000": ("/v1/workers", {"status": "all", "limit": 1000}),
     "GET /v1/workers?name=": ("/v1/workers", {"name": "old-65000"}),
     "GET /v1/events?limit=1000": ("/v1/events", {"limit": 1000}),
-    "GET /v1/events?order=newest&limit=1000": ("/v1/events", {"order": "newest", "limit": 1000}),
+    "GET /v1/events?newest=true&limit=1000": ("/v1/events", {"newest": "true", "limit": 1000}),
     "GET /v1/streams?limit=1000": ("/v1/streams", {"limit": 1000}),
     "GET /v1/status": ("/v1/status", {}),
 }

@@ -43,7 +43,7 @@ BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 LISTS = {
     "workers (live)": ("/v1/workers", {}),
     "workers (all, 1000)": ("/v1/workers", {"status": "all", "limit": 1000}),
-    "events (newest 1000)": ("/v1/events", {"order": "newest", "limit": 1000}),
+    "events (newest 1000)": ("/v1/events", {"newest": "true", "limit": 1000}),
     "streams (1000)": ("/v1/streams", {"limit": 1000}),
     "status": ("/v1/status", {}),
 }

@@ -82,7 +82,7 @@ async def test_workers_page_by_cursor_live_by_default(api):
         "/v1/workers?status=gone",
         "/v1/workers?name=bad%20name",
         "/v1/events?limit=1001",
-        "/v1/events?order=sideways",
+        "/v1/events?newest=sideways",
         "/v1/events?before=0",
         "/v1/streams?limit=1001",
     ],
@@ -104,7 +104,7 @@ async def test_events_newest_first_by_pages(api):
 
     seen, before = [], None
     while True:
-        params = {"limit": 3, **({"before": before} if before else {"order": "newest"})}
+        params = {"limit": 3, **({"before": before} if before else {"newest": "true"})}
         body = (await api.get("/v1/events", params=params)).json()
         seen += body["items"]
         before = body["next_before"]

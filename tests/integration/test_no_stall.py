@@ -138,7 +138,7 @@ LARGEST_PAGES = [
     ("/v1/workers", {"status": "departed", "limit": 1000, "cursor": "gone-002000"}, 1000),
     ("/v1/workers", {"limit": 1000}, WORKERS),
     ("/v1/events", {"limit": 1000}, 1000),
-    ("/v1/events", {"limit": 1000, "order": "newest"}, 1000),
+    ("/v1/events", {"limit": 1000, "newest": "true"}, 1000),
     ("/v1/streams", {"limit": 1000}, 1000),
     ("/v1/streams", {"limit": 1000, "cursor": "s01000"}, 1000),
     ("/v1/status", {}, None),

@@ -177,15 +177,13 @@ class AdminClient:
         before: int | None = None,
         newest: bool = False,
     ) -> dict[str, Any]:
-        """One page of events: oldest first after `since` (`{"items", "next_since"}`), or
-        with `newest` / `before`, newest first (`{"items", "next_before"}`)."""
-        params = _params(
-            since=since or None,
-            limit=limit,
-            stream=stream,
-            before=before,
-            order="newest" if newest or before is not None else None,
-        )
+        """Events after the id `since`, at most `limit`, optionally of one `stream`: oldest
+        first, or with `newest` the latest ones, newest first; `before` (newest first)
+        pages back. `{"items": [...], "next_since": id}`, and with newest first
+        `"next_before": id | None` for the page before."""
+        params = _params(since=since, limit=limit, stream=stream, before=before)
+        if newest:
+            params["newest"] = "true"
         return await self.request("GET", "/v1/events", params=params)
 
 

@@ -213,9 +213,17 @@ class Orchestrator:
         }
 
     async def events(
-        self, *, since: int = 0, limit: int, stream: str | None, before: int | None = None
+        self,
+        *,
+        since: int = 0,
+        limit: int,
+        stream: str | None,
+        newest: bool = False,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
-        return await self.store.events(since=since, limit=limit, stream=stream, before=before)
+        return await self.store.events(
+            since=since, limit=limit, stream=stream, newest=newest, before=before
+        )
 
 
 def _iso(epoch: float | None) -> str | None:

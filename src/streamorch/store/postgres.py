@@ -97,7 +97,18 @@ class EngineStore:
 
     # -- helpers ---------------------------------------------------------------
     async def _events(self, conn: psycopg.AsyncConnection, events: Sequence[Event]) -> None:
-        await write_events(conn, events)
+        if not events:
+            return
+        await conn.execute(
+            sql("insert_events"),
+            {
+                "kinds": [e.kind for e in events],
+                "streams": [e.stream for e in events],
+                "workers": [None if e.worker is None else str(e.worker) for e in events],
+                "reasons": [e.reason for e in events],
+                "details": [json.dumps(e.details) for e in events],
+            },
+        )
 
     async def _touch(self, conn: psycopg.AsyncConnection, worker_ids: Iterable[Any]) -> set[str]:
         """Bump the version of workers whose desired set changed, and notify at commit."""
@@ -415,17 +426,24 @@ class EngineStore:
         return {"streams": counts, "loads": loads, "workers": by_status}
 
     async def events(
-        self, *, since: int = 0, limit: int, stream: str | None, before: int | None = None
+        self,
+        *,
+        since: int = 0,
+        limit: int,
+        stream: str | None,
+        newest: bool = False,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Oldest first after `since`; or, given `before`, newest first before it."""
+        """Events after `since`: oldest first, or with `newest` (or `before`, an id they
+        are all below) newest first."""
+        params = {"since": since, "limit": limit, "stream": stream}
+        if newest or before is not None:
+            query, params["before"] = "list_newest_events", before or 2**63 - 1
+        else:
+            query = "list_events"
         async with self.db.connection(prepared=False) as conn:  # planned per stream filter
             cur = conn.cursor(row_factory=dict_row)
-            if before is None:
-                params = {"since": since, "limit": limit, "stream": stream}
-                await cur.execute(sql("list_events"), params)
-            else:
-                params = {"before": before, "limit": limit, "stream": stream}
-                await cur.execute(sql("list_events_newest"), params)
+            await cur.execute(sql(query), params)
             return await cur.fetchall()
 
     async def snapshot(self, conn: psycopg.AsyncConnection) -> Snapshot:
@@ -595,22 +613,6 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-async def write_events(conn: psycopg.AsyncConnection, events: Sequence[Event]) -> None:
-    """Append `events` to the log, in this order, in the caller's transaction."""
-    if not events:
-        return
-    await conn.execute(
-        sql("insert_events"),
-        {
-            "kinds": [e.kind for e in events],
-            "streams": [e.stream for e in events],
-            "workers": [None if e.worker is None else str(e.worker) for e in events],
-            "reasons": [e.reason for e in events],
-            "details": [json.dumps(e.details) for e in events],
-        },
-    )
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

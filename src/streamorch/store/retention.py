@@ -9,6 +9,7 @@ holds it. Queries live in `sql/retention.sql`.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -22,7 +23,8 @@ from psycopg.rows import dict_row
 
 from streamorch.domain.errors import Conflict, NotFound
 from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import Event, write_events
+from streamorch.store.postgres import Event
+from streamorch.store.queries import sql as engine_sql
 from streamorch.store.retry import retry_conflicts
 
 # The advisory lock of retention batches ("RET1"); reconcile passes have their own.
@@ -40,6 +42,20 @@ def _queries() -> dict[str, str]:
 
 def sql(name: str) -> str:
     return _queries()[name]
+
+
+async def write_events(conn: psycopg.AsyncConnection, events: Sequence[Event]) -> None:
+    """Append `events` in the caller's transaction (the engine store's `insert_events`)."""
+    await conn.execute(
+        engine_sql("insert_events"),
+        {
+            "kinds": [e.kind for e in events],
+            "streams": [e.stream for e in events],
+            "workers": [None if e.worker is None else str(e.worker) for e in events],
+            "reasons": [e.reason for e in events],
+            "details": [json.dumps(e.details) for e in events],
+        },
+    )
 
 
 class RetentionStore:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
@@ -13,7 +13,6 @@ from streamorch.core.service import Orchestrator
 
 # The largest page of any list; answers stay small enough to encode in milliseconds.
 MAX_PAGE = 1000
-_NO_BOUND = 2**63 - 1
 
 router = APIRouter(prefix="/v1", tags=["cluster"], dependencies=[Depends(deps.require_admin)])
 
@@ -25,28 +24,22 @@ async def status(orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, A
 
 @router.get("/events")
 async def events(
-    since: int = Query(0, ge=0, description="oldest first, after this id"),
-    before: int | None = Query(None, ge=1, description="newest first, before this id"),
-    order: Literal["oldest", "newest"] = Query(
-        "oldest", description="newest: the latest events first (implied by `before`)"
-    ),
+    since: int = Query(0, ge=0, description="only events after this id"),
     limit: int = Query(100, ge=1, le=MAX_PAGE),
     stream: str | None = Query(None, max_length=200),
+    newest: bool = Query(False, description="the newest `limit` events, newest first"),
+    before: int | None = Query(None, ge=1, description="newest first, below this id"),
     orch: Orchestrator = Depends(deps.orchestrator),
 ) -> Response:
     """One page of the event log.
 
-    Oldest first: `{"items", "next_since"}`, follow with `since=next_since`. Newest
-    first (`order=newest` or `before`): `{"items", "next_before"}`, null on the last page.
-    Events older than EVENT_RETENTION are gone (core/retention.py).
+    Oldest first: follow with `since=next_since`. Newest first (`newest` or `before`):
+    page back with `before=next_before` (null on the last page); `next_since` is still
+    the newest id, for following. Events older than EVENT_RETENTION are gone
+    (core/retention.py).
     """
-    newest = order == "newest" or before is not None
-    rows = await orch.events(
-        since=since,
-        limit=limit,
-        stream=stream,
-        before=(before or _NO_BOUND) if newest else None,
-    )
+    newest = newest or before is not None
+    rows = await orch.events(since=since, limit=limit, stream=stream, newest=newest, before=before)
 
     def build() -> dict[str, Any]:
         items = [
@@ -62,8 +55,12 @@ async def events(
             }
             for r in rows
         ]
+        body: dict[str, Any] = {
+            "items": items,
+            "next_since": max((i["id"] for i in items), default=since),
+        }
         if newest:
-            return {"items": items, "next_before": items[-1]["id"] if len(items) == limit else None}
-        return {"items": items, "next_since": items[-1]["id"] if items else since}
+            body["next_before"] = items[-1]["id"] if len(items) == limit else None
+        return body
 
     return await json_page(build)

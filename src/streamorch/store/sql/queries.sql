@@ -243,12 +243,13 @@ SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id,
  ORDER BY e.id
  LIMIT %(limit)s;
 
--- name: list_events_newest
--- Newest first before `before`.
+-- name: list_newest_events
+-- The same rows, newest first (`streamorch events` shows the latest), below `before`
+-- when paging back.
 SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id,
        coalesce(e.worker_name, w.name) AS worker_name, e.reason, e.details
   FROM events e LEFT JOIN workers w ON e.worker_name IS NULL AND w.id = e.worker_id
- WHERE e.id < %(before)s
+ WHERE e.id > %(since)s AND e.id < %(before)s
    AND (%(stream)s::text IS NULL OR e.stream_key = %(stream)s)
  ORDER BY e.id DESC
  LIMIT %(limit)s;
