@@ -83,8 +83,8 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
         try:
             await db.connect_with_retry()
             runtime.orchestrator = Orchestrator(settings, db, redis_client)
-            runtime.orchestrator.reconciler.observers.append(metrics.observe_pass)
             runtime.orchestrator.retention.observers.append(metrics.observe_retention)
+            runtime.orchestrator.reconciler.observers.append(metrics.observe_pass)
             await runtime.orchestrator.start()
             runtime.monitors = start_monitors(db, redis_client, redis_target)
             # Back from an outage: run a pass now rather than when the backoff ends.

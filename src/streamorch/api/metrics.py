@@ -152,6 +152,11 @@ class Metrics:
         if route.endswith("/heartbeat") and method == "POST":
             self.heartbeats.labels(_heartbeat_result(status)).inc()
 
+    def observe_retention(self, report: RetentionReport) -> None:
+        """Called by the retention loop after each round."""
+        self.retention_deleted.labels("workers").inc(report.workers)
+        self.retention_deleted.labels("events").inc(report.events)
+
     def observe_pass(self, result: PassResult, duration_ms: float) -> None:
         """Called by the reconciler after each pass: a failure here must never stop passes."""
         try:
@@ -171,11 +176,6 @@ class Metrics:
             self.lease_expirations.inc(len(result.expired))
         if result.graced:
             self.leases_extended.inc(result.graced)
-
-    def observe_retention(self, report: RetentionReport) -> None:
-        """Called by the retention loop after each round."""
-        self.retention_deleted.labels("workers").inc(report.workers)
-        self.retention_deleted.labels("events").inc(report.events)
 
     # -- read at scrape time ---------------------------------------------------
     async def refresh(self, rt: Runtime) -> None:

@@ -151,9 +151,11 @@ class AdminClient:
         raise APIError(404, "not_found", f"no worker {worker!r}: see `streamorch workers list`")
 
     async def drain_worker(self, worker_id: str) -> None:
+        """Move every stream off the worker and give it nothing new."""
         await self.request("POST", f"/v1/workers/{worker_id}/drain")
 
     async def remove_worker(self, worker_id: str, *, force: bool = False) -> None:
+        """Deregister the worker; without `force`, refused (409) while it owns streams."""
         params = {"force": "true" if force else "false"}
         await self.request("DELETE", f"/v1/workers/{worker_id}", params=params)
 
