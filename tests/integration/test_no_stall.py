@@ -6,7 +6,10 @@ no lease is lost.
 The server is a `streamorch serve` process of its own, so the test's own work (40
 simulated workers, the list calls) is not on its event loop. Heartbeat times are the
 server's: its request-duration histogram (`/metrics`), which starts when the request
-reaches the app and ends with the answer, so a stalled loop shows in it.
+reaches the app and ends with the answer, so a stalled loop shows in it. Quiet phases
+(heartbeats alone) alternate with loaded ones: on a machine so busy with other jobs that
+heartbeats alone come near 100 ms, the bound becomes the histogram bucket above the
+slowest quiet heartbeat, so the lists must still add no stall of their own.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ DEPARTED = 5_000
 EVENTS = 100_000
 LOAD_S = 8.0
 HEARTBEAT = "/v1/workers/{worker_id}/heartbeat"
-LISTERS = 4
+LISTERS = 2
+PHASES = 4  # quiet and loaded phases, alternating, LOAD_S / PHASES seconds each
 TIGHT_S = 0.1
 # The request-duration histogram's buckets (api/metrics.py), as the exposition prints them.
 BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
@@ -155,14 +159,15 @@ async def test_heartbeats_stay_fast_while_the_largest_pages_are_listed(server):
             return status["streams"]["assigned"] == STREAMS and status["streams"]["moving"] == 0
 
         await wait_until(placed, timeout=60, what="every stream placed")
-        # A quiet phase first: heartbeats alone, to learn what this machine can resolve.
-        quiet_start = await scrape(client)
-        await asyncio.sleep(LOAD_S)
-        before = await scrape(client)
+        # Quiet phases (heartbeats alone) alternate with loaded ones, so both sample the
+        # same machine: the quiet ones tell what it can resolve.
+        quiet = dict.fromkeys(BUCKETS, 0.0)
+        loaded = dict.fromkeys(BUCKETS, 0.0)
+        beats = 0.0
         listed: dict[str, int] = {}
 
-        async def lister(offset: int) -> None:
-            stop = time.monotonic() + LOAD_S
+        async def lister(offset: int, seconds: float) -> None:
+            stop = time.monotonic() + seconds
             i = offset
             while time.monotonic() < stop:
                 path, params, expected = LARGEST_PAGES[i % len(LARGEST_PAGES)]
@@ -173,23 +178,30 @@ async def test_heartbeats_stay_fast_while_the_largest_pages_are_listed(server):
                 listed[path] = listed.get(path, 0) + 1
                 i += 1
 
-        await asyncio.gather(*(lister(k) for k in range(LISTERS)))
-        after = await scrape(client)
+        for _ in range(PHASES):
+            start = await scrape(client)
+            await asyncio.sleep(LOAD_S / PHASES)
+            middle = await scrape(client)
+            await asyncio.gather(*(lister(k, LOAD_S / PHASES) for k in range(LISTERS)))
+            end = await scrape(client)
+            beats += heartbeats(end) - heartbeats(middle)
+            for bound in BUCKETS:
+                quiet[bound] += slow_heartbeats(start, middle, bound)
+                loaded[bound] += slow_heartbeats(middle, end, bound)
+        after = end
         statuses = (await client.get("/v1/status")).json()["workers"]
 
-    # 100 ms is the goal. A machine so loaded by other jobs that heartbeats alone already
-    # take longer cannot resolve it: there the bound is the next bucket above the slowest
-    # quiet heartbeat, so the lists still may add no stall of their own (an unbounded
-    # page stalled the loop for seconds).
-    quiet_max = slowest_bucket(quiet_start, before)
-    bound = TIGHT_S if quiet_max <= TIGHT_S else next_bucket(quiet_max)
-    beats = heartbeats(after) - heartbeats(before)
-    slow = slow_heartbeats(before, after, bound)
+    # 100 ms is the goal. A machine so loaded by other jobs that heartbeats alone come
+    # near it cannot resolve it: the bound is then the next bucket above the slowest quiet
+    # heartbeat, so the lists still may add no stall of their own (an unbounded page
+    # stalled the loop for seconds).
+    quiet_max = next((b for b in BUCKETS if quiet[b] == 0), BUCKETS[-1])
+    bound = max(TIGHT_S, next_bucket(quiet_max))
     assert beats >= WORKERS * LOAD_S / 4  # the fleet kept heartbeating throughout
     assert sum(listed.values()) >= len(LARGEST_PAGES)
-    assert slow == 0, (
-        f"{slow:.0f} of {beats:.0f} heartbeats took over {bound} s while pages were listed "
-        f"(without lists, every heartbeat took at most {quiet_max} s)"
+    assert loaded[bound] == 0, (
+        f"{loaded[bound]:.0f} of {beats:.0f} heartbeats took over {bound} s while pages were "
+        f"listed (without lists, every heartbeat took at most {quiet_max} s)"
     )
     rejected = counter(after, "streamorch_heartbeats_total", result="rejected")
     assert rejected == 0
@@ -203,11 +215,6 @@ def slow_heartbeats(before: dict, after: dict, bound: float) -> float:
     """Heartbeats between two scrapes that took longer than `bound` seconds."""
     total = heartbeats(after) - heartbeats(before)
     return total - (heartbeats(after, str(bound)) - heartbeats(before, str(bound)))
-
-
-def slowest_bucket(before: dict, after: dict) -> float:
-    """The smallest histogram bound that every heartbeat between two scrapes was within."""
-    return next(b for b in BUCKETS if slow_heartbeats(before, after, b) == 0)
 
 
 def next_bucket(bound: float) -> float:
