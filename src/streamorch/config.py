@@ -146,6 +146,17 @@ class Settings(BaseSettings):
         "STREAMS_SOURCE_ALLOW_EMPTY", default=False, example="false"
     )
 
+    # Retention (core/retention.py): what history is kept. 0 keeps it forever.
+    worker_retention: float = _env("WORKER_RETENTION", default=86_400.0, ge=0, example="86400")
+    event_retention: float = _env("EVENT_RETENTION", default=604_800.0, ge=0, example="604800")
+    event_max_count: int = _env("EVENT_MAX_COUNT", default=5_000_000, ge=0, example="5000000")
+    retention_interval: float = _env(
+        "RETENTION_INTERVAL", default=60.0, gt=0, le=86400, example="60"
+    )
+    retention_batch_size: int = _env(
+        "RETENTION_BATCH_SIZE", default=1000, ge=1, le=100_000, example="1000"
+    )
+
     @property
     def postgres_is_external(self) -> bool:
         return self.database_url is not None or self.db_host is not None
@@ -246,7 +257,7 @@ def _expectation(err: Any, field_name: str) -> str:
 
 
 def _is_duration(field_name: str) -> bool:
-    return field_name.endswith(("_timeout", "_interval", "_ttl"))
+    return field_name.endswith(("_timeout", "_interval", "_ttl", "_retention"))
 
 
 def check_consistency(settings: Settings) -> list[Problem]:

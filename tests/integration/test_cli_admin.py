@@ -175,7 +175,7 @@ def test_workers_status_events_and_tokens(cli, server):
     assert "no worker 'ghost'" in cli("workers", "drain", "ghost", code=1).stderr
 
     status = as_json(cli("status", "--json"))
-    assert status["workers"]["draining"] == 1
+    assert status["workers"]["draining"] == 1, status["workers"]
     assert "workers" in cli("status").stdout
 
     events = as_json(cli("events", "--json", "--limit", "1000"))
@@ -191,6 +191,26 @@ def test_workers_status_events_and_tokens(cli, server):
     missing = cli("status", token=None, code=1)
     assert "no token sent" in missing.stderr
     assert "Traceback" not in missing.stderr + denied.stderr
+
+
+def test_workers_forget_a_departed_worker_by_name(cli, server):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    worker = httpx.post(
+        server + "/v1/workers/register", json={"name": "w-old", "capacity": 5}, headers=headers
+    ).json()
+    # Forced: streams of the tests before may already have been granted to it.
+    removed = httpx.delete(
+        f"{server}/v1/workers/{worker['worker_id']}", params={"force": "true"}, headers=headers
+    )
+    assert removed.status_code == 204, removed.text
+    departed = as_json(cli("workers", "list", "--status", "departed", "--json"))
+    assert "w-old" in [w["name"] for w in departed]
+    assert "w-old" not in cli("workers", "list").stdout  # live workers by default
+
+    assert "worker w-old forgotten" in cli("workers", "forget", "w-old").stdout
+    departed = as_json(cli("workers", "list", "--status", "departed", "--json"))
+    assert "w-old" not in [w["name"] for w in departed]
+    assert "no worker 'w-old'" in cli("workers", "forget", "w-old", code=1).stderr
 
 
 def test_no_server_exits_2_saying_where_it_looked():

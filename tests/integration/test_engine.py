@@ -45,7 +45,7 @@ async def status(api) -> dict[str, Any]:
 
 
 async def workers(api, status_: str | None = None) -> dict[str, dict[str, Any]]:
-    response = await api.get("/v1/workers", params={"status": status_} if status_ else None)
+    response = await api.get("/v1/workers", params={"status": status_ or "all"})
     assert response.status_code == 200, response.text
     return {w["name"]: w for w in response.json()["items"]}
 

@@ -83,6 +83,7 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
         try:
             await db.connect_with_retry()
             runtime.orchestrator = Orchestrator(settings, db, redis_client)
+            runtime.orchestrator.retention.observers.append(metrics.observe_retention)
             runtime.orchestrator.reconciler.observers.append(metrics.observe_pass)
             runtime.orchestrator.loop_lag.observers.append(metrics.observe_loop_lag)
             await runtime.orchestrator.start()
@@ -107,13 +108,13 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
         lifespan=lifespan,
     )
     from streamorch.api import errors, limits, middleware, openapi
-    from streamorch.api.routes import cluster, compat, health, streams, workers
+    from streamorch.api.routes import cluster, compat, fleet, health, streams, workers
 
     errors.install(app)
     openapi.install(app, workers.heartbeat_route)
     app.add_middleware(limits.BodySizeLimit)
     app.add_middleware(middleware.RequestContext, metrics=metrics)
-    for module in (health, streams, workers, cluster, compat):
+    for module in (health, streams, workers, fleet, cluster, compat):
         app.include_router(module.router)
     # Routes are matched in order, and heartbeats are nearly all the traffic.
     app.router.routes.insert(0, workers.heartbeat_route)

@@ -25,6 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from streamorch.api.app import Runtime
+    from streamorch.core.retention import RetentionReport
     from streamorch.store.postgres import PassResult
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,18 @@ class Metrics:
         self.leases_extended = Counter(
             "streamorch_leases_extended",
             "Leases extended after a control-plane outage (no pass for half a lease)",
+            registry=r,
+        )
+        self.retention_deleted = Counter(
+            "streamorch_retention_deleted",
+            "Rows deleted by retention in this process: departed workers, old events",
+            ["kind"],
+            registry=r,
+        )
+        self.history_bytes = Gauge(
+            "streamorch_history_table_bytes",
+            "Size on disk of the tables that keep history (cluster-wide), with indexes",
+            ["table"],
             registry=r,
         )
         self.streams = Gauge(
@@ -156,6 +169,11 @@ class Metrics:
         if route.endswith("/heartbeat") and method == "POST":
             self.heartbeats.labels(_heartbeat_result(status)).inc()
 
+    def observe_retention(self, report: RetentionReport) -> None:
+        """Called by the retention loop after each round."""
+        self.retention_deleted.labels("workers").inc(report.workers)
+        self.retention_deleted.labels("events").inc(report.events)
+
     def observe_pass(self, result: PassResult, duration_ms: float) -> None:
         """Called by the reconciler after each pass: a failure here must never stop passes."""
         try:
@@ -205,6 +223,7 @@ class Metrics:
         try:
             async with asyncio.timeout(REFRESH_TIMEOUT_S):
                 status = await orch.status()
+                sizes = await orch.retention.store.table_sizes()
         except Exception as exc:  # a scrape reports what it can; health says why
             log.debug("metrics: cluster status unavailable: %s", exc)
             return
@@ -213,6 +232,8 @@ class Metrics:
         self.unassigned.set(status["streams"].get("unassigned", 0))
         for state, n in status["workers"].items():
             self.workers.labels(state).set(n)
+        for table, size in sizes.items():
+            self.history_bytes.labels(table).set(size["bytes"])
         self.capacity.set(status["capacity"])
         self.load.set(status["load"])
         balance = status["balance"]

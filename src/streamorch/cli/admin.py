@@ -318,12 +318,26 @@ def workers_list(
     server: Server = DEFAULT_SERVER,
     token: Token = None,
     status_: Annotated[
-        str | None, typer.Option("--status", help="active, draining, expired or left.")
-    ] = None,
+        str,
+        typer.Option(
+            "--status",
+            help="live (active and draining), departed (left and expired), all, or one status.",
+        ),
+    ] = "live",
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 1000,
     as_json: AsJson = False,
 ) -> None:
-    """Every worker with its load."""
-    items = _call(server, token, lambda admin: admin.list_workers(status_))
+    """Workers with their load, in name order (live ones unless --status says otherwise)."""
+
+    async def fetch(admin: AdminClient) -> tuple[list[dict[str, Any]], bool]:
+        items: list[dict[str, Any]] = []
+        async for w in admin.iter_workers(status=status_, page=min(limit + 1, 1000)):
+            if len(items) == limit:
+                return items, True
+            items.append(w)
+        return items, False
+
+    items, more = _call(server, token, fetch)
     if as_json:
         _json(items)
         return
@@ -356,27 +370,40 @@ def workers_list(
             w["worker_id"],
         )
     _out().print(table)
-    _out().print(f"{len(items)} worker(s)")
+    shown = f"{len(items)} worker(s) ({status_})"
+    _out().print(shown + (f"; more than {limit}: raise --limit to see them" if more else ""))
+
+
+Worker = Annotated[str, typer.Argument(help="The worker's name or id.")]
 
 
 @workers_app.command("drain")
-def workers_drain(
-    worker: Annotated[str, typer.Argument(help="The worker's name or id.")],
-    server: Server = DEFAULT_SERVER,
-    token: Token = None,
-) -> None:
+def workers_drain(worker: Worker, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
     """Move every stream off a worker and give it nothing new."""
 
     async def drain(admin: AdminClient) -> str:
-        known = await admin.list_workers()
-        match = [w for w in known if worker in (w["name"], w["worker_id"])]
-        if not match:
-            raise errors.APIError(404, "worker_not_found", f"no worker {worker!r}")
-        await admin.drain_worker(match[0]["worker_id"])
-        return match[0]["name"]
+        found = await admin.get_worker(worker)
+        await admin.drain_worker(found["worker_id"])
+        return str(found["name"])
 
     name = _call(server, token, drain)
     _out().print(f"worker {name} is draining: its streams move away", markup=False)
+
+
+@workers_app.command("forget")
+def workers_forget(worker: Worker, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Delete a departed (left or expired) worker now; its events keep its name.
+
+    Departed workers are forgotten anyway after WORKER_RETENTION (default one day).
+    """
+
+    async def forget(admin: AdminClient) -> str:
+        found = await admin.get_worker(worker)
+        await admin.forget_worker(found["worker_id"])
+        return str(found["name"])
+
+    name = _call(server, token, forget)
+    _out().print(f"worker {name} forgotten", markup=False)
 
 
 # -- cluster --------------------------------------------------------------------------

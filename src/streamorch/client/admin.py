@@ -10,11 +10,13 @@ Every method returns the decoded JSON answer of API.md and raises the client's e
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
 
+from streamorch.client.errors import APIError
 from streamorch.client.http import Connection
 
 
@@ -124,10 +126,42 @@ class AdminClient:
                 return
 
     # -- workers ----------------------------------------------------------------------
+    async def workers_page(
+        self, *, status: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of workers in name order: `{"items": [...], "next_cursor": str | None}`.
+
+        `status`: active, draining, expired, left, or the groups live (the server's
+        default), departed and all.
+        """
+        params = _params(status=status, limit=limit, cursor=cursor)
+        return await self.request("GET", "/v1/workers", params=params)
+
+    async def iter_workers(
+        self, *, status: str | None = None, page: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every worker with `status` (default: live), page by page."""
+        cursor: str | None = None
+        while True:
+            body = await self.workers_page(status=status, limit=page, cursor=cursor)
+            for item in body["items"]:
+                yield item
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return
+
     async def list_workers(self, status: str | None = None) -> list[dict[str, Any]]:
-        """The fleet's workers, optionally only those with `status` (active, draining…)."""
-        body = await self.request("GET", "/v1/workers", params=_params(status=status))
-        return list(body["items"])
+        """Every worker with `status` (default: live ones), all pages collected."""
+        return [w async for w in self.iter_workers(status=status)]
+
+    async def get_worker(self, worker: str) -> dict[str, Any]:
+        """One worker by name or id, whatever its status; `APIError` 404 if none."""
+        body = await self.request("GET", "/v1/workers", params={"name": worker, "status": "all"})
+        if body["items"]:
+            return dict(body["items"][0])
+        if _is_uuid(worker):
+            return await self.request("GET", f"/v1/workers/{worker}")
+        raise APIError(404, "not_found", f"no worker {worker!r}: see `streamorch workers list`")
 
     async def drain_worker(self, worker_id: str) -> None:
         """Move every stream off the worker and give it nothing new."""
@@ -138,18 +172,32 @@ class AdminClient:
         params = {"force": "true" if force else "false"}
         await self.request("DELETE", f"/v1/workers/{worker_id}", params=params)
 
+    async def forget_worker(self, worker_id: str) -> None:
+        """Delete a departed (left or expired) worker now; its events keep its name.
+
+        `APIError` 409 `worker_not_departed` while it is live.
+        """
+        await self.request("POST", f"/v1/workers/{worker_id}/forget")
+
     # -- cluster ----------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
         """Cluster counts, capacity, load, balance and the last reconcile pass."""
         return await self.request("GET", "/v1/status")
 
     async def events(
-        self, *, since: int = 0, limit: int = 100, stream: str | None = None, newest: bool = False
+        self,
+        *,
+        since: int = 0,
+        limit: int = 100,
+        stream: str | None = None,
+        before: int | None = None,
+        newest: bool = False,
     ) -> dict[str, Any]:
         """Events after the id `since`, at most `limit`, optionally of one `stream`: oldest
-        first, or with `newest` the latest ones, newest first. `{"items": [...],
-        "next_since": id}`; pass `next_since` as the next call's `since`."""
-        params = _params(since=since, limit=limit, stream=stream)
+        first, or with `newest` the latest ones, newest first; `before` (newest first)
+        pages back. `{"items": [...], "next_since": id}`, and with newest first
+        `"next_before": id | None` for the page before."""
+        params = _params(since=since, limit=limit, stream=stream, before=before)
         if newest:
             params["newest"] = "true"
         return await self.request("GET", "/v1/events", params=params)
@@ -157,3 +205,11 @@ class AdminClient:
 
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

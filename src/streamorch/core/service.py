@@ -20,12 +20,14 @@ from streamorch.core.catalog_sync import CatalogSync
 from streamorch.core.loop_lag import LoopLag
 from streamorch.core.notifier import Notifier
 from streamorch.core.reconciler import Reconciler
+from streamorch.core.retention import Retention
 from streamorch.domain import credentials, placement
 from streamorch.domain.errors import NotFound
 from streamorch.domain.models import Policy, StreamView
 from streamorch.store import postgres
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore, HeartbeatResult, StreamSpec
+from streamorch.store.retention import RetentionStore
 
 
 class Orchestrator:
@@ -49,6 +51,7 @@ class Orchestrator:
             lease_ttl=settings.lease_ttl,
             lag=self.loop_lag,
         )
+        self.retention = Retention(RetentionStore(db), settings)
         # Only when a source is configured: keeps the catalog equal to its rows.
         self.catalog_sync = (
             CatalogSync(settings, self.bulk) if settings.streams_source_dsn else None
@@ -58,12 +61,14 @@ class Orchestrator:
         self.loop_lag.start()
         self.notifier.start()
         self.reconciler.start()
+        self.retention.start()
         if self.catalog_sync is not None:
             self.catalog_sync.start()
 
     async def stop(self) -> None:
         if self.catalog_sync is not None:
             await self.catalog_sync.stop()
+        await self.retention.stop()
         await self.reconciler.stop()
         await self.notifier.stop()
         await self.loop_lag.stop()
@@ -193,8 +198,22 @@ class Orchestrator:
     async def deregister(self, worker_id: uuid.UUID, *, force: bool) -> None:
         await self._changed(await self.store.deregister(worker_id, force=force))
 
-    async def workers(self, status: str | None) -> list[dict[str, Any]]:
-        return await self.store.list_workers(status)
+    async def workers(
+        self, statuses: list[str] | None, *, after: str = "", limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        return await self.store.list_workers(statuses, after=after, limit=limit)
+
+    async def worker(
+        self, *, name: str | None = None, worker_id: uuid.UUID | None = None
+    ) -> dict[str, Any]:
+        row = await self.store.get_worker(name=name, worker_id=worker_id)
+        if row is None:
+            raise NotFound("worker", name or str(worker_id))
+        return row
+
+    async def forget(self, worker_id: uuid.UUID) -> str:
+        """Forget a departed worker now (retention does it after WORKER_RETENTION)."""
+        return await self.retention.store.forget(worker_id)
 
     # -- cluster ---------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
@@ -232,9 +251,17 @@ class Orchestrator:
         }
 
     async def events(
-        self, *, since: int, limit: int, stream: str | None, newest: bool = False
+        self,
+        *,
+        since: int = 0,
+        limit: int,
+        stream: str | None,
+        newest: bool = False,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
-        return await self.store.events(since=since, limit=limit, stream=stream, newest=newest)
+        return await self.store.events(
+            since=since, limit=limit, stream=stream, newest=newest, before=before
+        )
 
 
 def _iso(epoch: float | None) -> str | None:

@@ -38,6 +38,9 @@ from streamorch.store.heartbeats import Beat, HeartbeatBatcher
 from streamorch.store.queries import sql
 from streamorch.store.retry import retry_conflicts
 
+WORKER_STATUSES = frozenset({"active", "draining", "expired", "left"})
+LIVE_STATUSES = frozenset({"active", "draining"})
+
 # The advisory lock that serialises reconcile passes across replicas.
 RECONCILE_LOCK_KEY = 0x52454331  # "REC1"
 NOTIFY_CHANNEL = "streamorch_assignments"
@@ -438,11 +441,34 @@ class EngineStore:
             await self._bump_generation(conn)
             return await self._touch(conn, [worker_id])
 
-    async def list_workers(self, status: str | None) -> list[dict[str, Any]]:
-        async with self.db.connection() as conn:
+    async def list_workers(
+        self, statuses: Sequence[str] | None = None, *, after: str = "", limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Up to `limit` workers with one of `statuses` (None: any) in name order after
+        `after`, each with its load. Live workers come from their own index, never by
+        reading past the departed ones."""
+        chosen = set(statuses or WORKER_STATUSES)
+        # Unprepared: each call is planned with its values, so a NULL filter folds away
+        # and the partial indexes apply (lists are not the hot path).
+        async with self.db.connection(prepared=False) as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(sql("list_workers"), {"status": status})
+            if chosen <= LIVE_STATUSES:
+                status = next(iter(chosen)) if len(chosen) == 1 else None
+                params = {"after": after, "limit": limit, "status": status}
+                await cur.execute(sql("list_live_workers"), params)
+            else:
+                params = {"after": after, "limit": limit, "statuses": sorted(chosen)}
+                await cur.execute(sql("list_workers"), params)
             return await cur.fetchall()
+
+    async def get_worker(
+        self, *, name: str | None = None, worker_id: uuid.UUID | None = None
+    ) -> dict[str, Any] | None:
+        """One worker by name or by id, whatever its status, with its load."""
+        async with self.db.connection(prepared=False) as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(sql("get_worker"), {"name": name, "id": worker_id})
+            return await cur.fetchone()
 
     # -- cluster ---------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
@@ -457,12 +483,24 @@ class EngineStore:
         return {"streams": counts, "loads": loads, "workers": by_status}
 
     async def events(
-        self, *, since: int, limit: int, stream: str | None, newest: bool = False
+        self,
+        *,
+        since: int = 0,
+        limit: int,
+        stream: str | None,
+        newest: bool = False,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
-        query = sql("list_newest_events" if newest else "list_events")
-        async with self.db.connection() as conn:
+        """Events after `since`: oldest first, or with `newest` (or `before`, an id they
+        are all below) newest first."""
+        params = {"since": since, "limit": limit, "stream": stream}
+        if newest or before is not None:
+            query, params["before"] = "list_newest_events", before or 2**63 - 1
+        else:
+            query = "list_events"
+        async with self.db.connection(prepared=False) as conn:  # planned per stream filter
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(query, {"since": since, "limit": limit, "stream": stream})
+            await cur.execute(sql(query), params)
             return await cur.fetchall()
 
     async def snapshot(self, conn: psycopg.AsyncConnection) -> Snapshot:

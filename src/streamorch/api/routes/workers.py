@@ -1,4 +1,7 @@
-"""The fleet: `/v1/workers` — register, heartbeat, long-poll, drain, deregister, list."""
+"""The fleet: `/v1/workers` — register, heartbeat, long-poll, drain, deregister.
+
+The admin views (list, one worker, forget) are in `fleet.py`.
+"""
 
 from __future__ import annotations
 
@@ -172,34 +175,3 @@ async def deregister(
 ) -> Response:
     await orch.deregister(worker_id, force=force)
     return Response(status_code=204)
-
-
-@router.get("", dependencies=[Depends(deps.require_admin)])
-async def list_workers(
-    status: str | None = Query(None, pattern="^(active|draining|expired|left)$"),
-    orch: Orchestrator = Depends(deps.orchestrator),
-) -> dict[str, Any]:
-    rows = await orch.workers(status)
-    return {
-        "items": [
-            {
-                "worker_id": str(r["id"]),
-                "name": r["name"],
-                "status": r["status"],
-                "incarnation": r["incarnation"],
-                "capacity": r["capacity"],
-                "load": r["load"],
-                "labels": r["labels"],
-                "address": r["address"],
-                "last_heartbeat": r["last_heartbeat"].isoformat(),
-                "lease_expires_at": r["lease_expires_at"].isoformat(),
-                "streams": r["streams"],
-                # "original": an instance of the original protocol (docs/reference/
-                # compat-protocol.md), whose streams are pinned while its lease holds.
-                "kind": r["kind"],
-                "generation": r["generation"],
-                "pinned_streams": r["pinned"] or [],
-            }
-            for r in rows
-        ]
-    }

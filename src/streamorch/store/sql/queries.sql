@@ -186,20 +186,56 @@ SELECT id, name, status, (SELECT count(*) FROM assignments a WHERE a.worker_id =
 UPDATE workers SET status = 'left', lease_expires_at = now(), running = '{}', version = version + 1
  WHERE id = %(id)s;
 
--- name: list_workers
+-- name: list_live_workers
+-- One page of live workers in name order after the cursor, from the workers_live_name
+-- index (the literal status list lets the planner use it whatever the parameters), with
+-- the load of this page's workers only.
 SELECT w.id, w.name, w.status, w.incarnation, w.capacity, w.labels, w.address,
-       w.last_heartbeat, w.lease_expires_at, w.metrics, w.kind, w.generation,
-       coalesce(sum(s.weight), 0)::int AS load, count(a.stream_key)::int AS streams,
+       w.last_heartbeat, w.lease_expires_at, w.kind, w.generation,
+       coalesce(l.load, 0)::int AS load, coalesce(l.streams, 0)::int AS streams,
        -- What an instance of the original protocol holds stays there while it lives.
-       CASE WHEN w.kind = 'original'
-            THEN coalesce(array_agg(a.stream_key ORDER BY a.stream_key)
-                          FILTER (WHERE a.stream_key IS NOT NULL), '{}') END AS pinned
-  FROM workers w
-  LEFT JOIN assignments a ON a.worker_id = w.id
-  LEFT JOIN streams s ON s.key = a.stream_key
- WHERE (%(status)s::text IS NULL OR w.status = %(status)s)
- GROUP BY w.id
+       CASE WHEN w.kind = 'original' THEN coalesce(l.keys, '{}') END AS pinned
+  FROM (SELECT * FROM workers
+         WHERE status IN ('active', 'draining') AND name > %(after)s
+           AND (%(status)s::text IS NULL OR status = %(status)s)
+         ORDER BY name LIMIT %(limit)s) w
+  LEFT JOIN LATERAL (SELECT sum(s.weight) AS load, count(*) AS streams,
+                            array_agg(a.stream_key ORDER BY a.stream_key) AS keys
+                       FROM assignments a LEFT JOIN streams s ON s.key = a.stream_key
+                      WHERE a.worker_id = w.id) l ON true
  ORDER BY w.name;
+
+-- name: list_workers
+-- One page of workers of any of `statuses` in name order after the cursor (the name
+-- index); departed workers are bounded by retention (core/retention.py).
+SELECT w.id, w.name, w.status, w.incarnation, w.capacity, w.labels, w.address,
+       w.last_heartbeat, w.lease_expires_at, w.kind, w.generation,
+       coalesce(l.load, 0)::int AS load, coalesce(l.streams, 0)::int AS streams,
+       -- What an instance of the original protocol holds stays there while it lives.
+       CASE WHEN w.kind = 'original' THEN coalesce(l.keys, '{}') END AS pinned
+  FROM (SELECT * FROM workers
+         WHERE status = ANY (%(statuses)s::text[]) AND name > %(after)s
+         ORDER BY name LIMIT %(limit)s) w
+  LEFT JOIN LATERAL (SELECT sum(s.weight) AS load, count(*) AS streams,
+                            array_agg(a.stream_key ORDER BY a.stream_key) AS keys
+                       FROM assignments a LEFT JOIN streams s ON s.key = a.stream_key
+                      WHERE a.worker_id = w.id) l ON true
+ ORDER BY w.name;
+
+-- name: get_worker
+-- One worker by name or by id, whatever its status.
+SELECT w.id, w.name, w.status, w.incarnation, w.capacity, w.labels, w.address,
+       w.last_heartbeat, w.lease_expires_at, w.kind, w.generation,
+       coalesce(l.load, 0)::int AS load, coalesce(l.streams, 0)::int AS streams,
+       -- What an instance of the original protocol holds stays there while it lives.
+       CASE WHEN w.kind = 'original' THEN coalesce(l.keys, '{}') END AS pinned
+  FROM workers w
+  LEFT JOIN LATERAL (SELECT sum(s.weight) AS load, count(*) AS streams,
+                            array_agg(a.stream_key ORDER BY a.stream_key) AS keys
+                       FROM assignments a LEFT JOIN streams s ON s.key = a.stream_key
+                      WHERE a.worker_id = w.id) l ON true
+ WHERE (%(name)s::text IS NOT NULL AND w.name = %(name)s)
+    OR (%(id)s::uuid IS NOT NULL AND w.id = %(id)s::uuid);
 
 -- name: bump_versions
 UPDATE workers SET version = version + 1 WHERE id = ANY (%(ids)s::uuid[]);
@@ -208,14 +244,21 @@ UPDATE workers SET version = version + 1 WHERE id = ANY (%(ids)s::uuid[]);
 SELECT pg_notify('streamorch_assignments', %(payload)s);
 
 -- name: insert_events
--- Binary arrays, ids and JSON as text (see bulk_upsert_streams).
-INSERT INTO events (kind, stream_key, worker_id, reason, details)
-SELECT k, s, w::uuid, r, d::jsonb
+-- Binary arrays, ids and JSON as text (see bulk_upsert_streams). Each event keeps its
+-- worker's name, which outlives the worker row (retention forgets departed workers);
+-- ids follow the order given.
+INSERT INTO events (kind, stream_key, worker_id, worker_name, reason, details)
+SELECT t.k, t.s, t.w::uuid, wk.name, t.r, t.d::jsonb
   FROM unnest(%(kinds)b::text[], %(streams)b::text[], %(workers)b::text[],
-              %(reasons)b::text[], %(details)b::text[]) AS t(k, s, w, r, d);
+              %(reasons)b::text[], %(details)b::text[]) WITH ORDINALITY AS t(k, s, w, r, d, n)
+  LEFT JOIN workers wk ON wk.id = t.w::uuid
+ ORDER BY t.n;
 
 -- name: list_events
-SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.reason, e.details,
+-- Oldest first after `since`. Events written before migration 0008 carry no name: it
+-- comes from the worker row while there is one (and so do the kind and generation).
+SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id,
+       coalesce(e.worker_name, w.name) AS worker_name, e.reason, e.details,
        w.kind AS worker_kind, w.generation AS worker_generation
   FROM events e LEFT JOIN workers w ON w.id = e.worker_id
  WHERE e.id > %(since)s
@@ -224,11 +267,13 @@ SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.r
  LIMIT %(limit)s;
 
 -- name: list_newest_events
--- The same rows, newest first: `streamorch events` shows the latest, not the oldest.
-SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id, w.name AS worker_name, e.reason, e.details,
+-- The same rows, newest first (`streamorch events` shows the latest), below `before`
+-- when paging back.
+SELECT e.id, e.at, e.kind, e.stream_key, e.worker_id,
+       coalesce(e.worker_name, w.name) AS worker_name, e.reason, e.details,
        w.kind AS worker_kind, w.generation AS worker_generation
   FROM events e LEFT JOIN workers w ON w.id = e.worker_id
- WHERE e.id > %(since)s
+ WHERE e.id > %(since)s AND e.id < %(before)s
    AND (%(stream)s::text IS NULL OR e.stream_key = %(stream)s)
  ORDER BY e.id DESC
  LIMIT %(limit)s;
@@ -248,9 +293,16 @@ SELECT extract(epoch FROM now() - last_pass_at)::float8 AS gap_s FROM cluster;
 UPDATE cluster SET last_pass_at = now();
 
 -- name: grace_leases
-UPDATE workers SET lease_expires_at = greatest(lease_expires_at, now() + make_interval(secs => %(ttl)s))
- WHERE status IN ('active', 'draining')
-RETURNING id;
+-- Rows locked in id order first, the order the batched heartbeat locks them in: an
+-- update that locked them in scan order deadlocked with heartbeats.
+WITH live AS (
+    SELECT id FROM workers WHERE status IN ('active', 'draining') ORDER BY id FOR UPDATE
+)
+UPDATE workers w
+   SET lease_expires_at = greatest(w.lease_expires_at, now() + make_interval(secs => %(ttl)s))
+  FROM live
+ WHERE w.id = live.id
+RETURNING w.id;
 
 -- name: next_expiry
 -- Seconds until the earliest live lease can expire (NULL without live workers): the
@@ -360,4 +412,10 @@ SELECT w.id, w.name, w.status, w.capacity, coalesce(sum(s.weight), 0)::int AS lo
  GROUP BY w.id;
 
 -- name: worker_counts
-SELECT status, count(*)::int AS n FROM workers GROUP BY status;
+-- From the partial indexes: live workers without reading departed ones, and departed
+-- ones (bounded by retention) without reading the live.
+SELECT status, count(*)::int AS n FROM workers
+ WHERE status IN ('active', 'draining') GROUP BY status
+UNION ALL
+SELECT status, count(*)::int AS n FROM workers
+ WHERE status IN ('expired', 'left') GROUP BY status;

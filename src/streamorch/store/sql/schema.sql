@@ -50,6 +50,8 @@ CREATE TABLE workers (
 );
 
 CREATE INDEX workers_live_lease ON workers (lease_expires_at) WHERE status IN ('active', 'draining');
+CREATE INDEX workers_live_name ON workers (name, status) WHERE status IN ('active', 'draining');
+CREATE INDEX workers_departed ON workers (lease_expires_at, status) WHERE status IN ('expired', 'left');
 
 CREATE SEQUENCE fencing_tokens;
 
@@ -75,10 +77,12 @@ CREATE TABLE events (
     stream_key text,
     worker_id  uuid,
     reason     text,
-    details    jsonb NOT NULL DEFAULT '{}'
+    details    jsonb NOT NULL DEFAULT '{}',
+    worker_name text
 );
 
 CREATE INDEX events_stream ON events (stream_key, id) WHERE stream_key IS NOT NULL;
+CREATE INDEX events_unnamed ON events (worker_id) WHERE worker_name IS NULL AND worker_id IS NOT NULL;
 
 CREATE TABLE compat_handouts (
     worker_id  uuid NOT NULL REFERENCES workers (id),
