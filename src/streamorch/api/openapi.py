@@ -52,12 +52,16 @@ CONFLICTS = {
     ("post", HEARTBEAT): "superseded, lease_expired",
     ("post", WORKER + "/drain"): "worker_not_live",
     ("delete", WORKER): "worker_owns_streams",
-    ("post", "/heartbeat"): "superseded, lease_expired",
-    ("post", "/streams/assign"): "lease_expired, superseded",
-    ("post", "/streams/release"): "lease_expired, superseded",
 }
-# Calls about one thing that may not exist (404), beyond the paths that name one.
-NOT_FOUND = {("post", "/heartbeat"), ("post", "/streams/assign"), ("post", "/streams/release")}
+# The original protocol's one 404 (an unknown instance), in the original's own shape: its
+# clients read `detail` (docs/reference/compat-protocol.md). Its other calls never answer
+# 404 or 409 to an instance.
+ORIGINAL_NOT_FOUND = ("get", "/instances/{server_id}")
+DETAIL = {
+    "type": "object",
+    "properties": {"detail": {"type": "string"}},
+    "required": ["detail"],
+}
 # Bodies read by pydantic itself, not FastAPI: an unreadable body is a 422, never a 400.
 PYDANTIC_BODIES = {("post", HEARTBEAT)}
 # Calls that need no token, and calls that never touch PostgreSQL.
@@ -154,7 +158,7 @@ def _complete_operation(path: str, method: str, operation: dict[str, Any]) -> No
     if path not in NO_DATABASE:
         codes.add(503)
     names_one = "{worker_id}" in path or "{key}" in path
-    if (names_one and method != "put") or (method, path) in NOT_FOUND:
+    if names_one and method != "put":
         codes.add(404)
     if (method, path) in CONFLICTS:
         codes.add(409)
@@ -165,6 +169,11 @@ def _complete_operation(path: str, method: str, operation: dict[str, Any]) -> No
         responses[str(code)] = {
             "description": description,
             "content": {"application/json": {"schema": ERROR}},
+        }
+    if (method, path) == ORIGINAL_NOT_FOUND:
+        responses["404"] = {
+            "description": "No such instance.",
+            "content": {"application/json": {"schema": DETAIL}},
         }
     if path in HEALTH_BODIES:
         # Health and readiness answer 503 with their own body, not an error.
