@@ -94,16 +94,22 @@ def warn_if_exposed(settings: Settings) -> bool:
     if loopback or settings.admin_token is not None or settings.worker_token is not None:
         return False
     log.warning(
-        "THE API IS OPEN: listening on %s without STREAMORCH_ADMIN_TOKEN or "
-        "STREAMORCH_WORKER_TOKEN — anyone who can reach this port can change the catalog and "
-        "the fleet",
-        host,
-        extra={
-            "action": "auth_disabled_on_network",
-            "fix": "set STREAMORCH_ADMIN_TOKEN and STREAMORCH_WORKER_TOKEN, or bind to 127.0.0.1",
-        },
+        open_api_warning(settings),
+        extra={"action": "auth_disabled_on_network", "fix": OPEN_API_FIX},
     )
     return True
+
+
+OPEN_API_FIX = "set STREAMORCH_ADMIN_TOKEN and STREAMORCH_WORKER_TOKEN, or bind to 127.0.0.1"
+
+
+def open_api_warning(settings: Settings) -> str:
+    """The warning about an API without tokens (the log's, also shown by the dashboard)."""
+    return (
+        f"THE API IS OPEN: listening on {settings.orchestrator_host} without "
+        "STREAMORCH_ADMIN_TOKEN or STREAMORCH_WORKER_TOKEN — anyone who can reach this port "
+        "can change the catalog and the fleet"
+    )
 
 
 def bind_socket(settings: Settings) -> socket.socket:

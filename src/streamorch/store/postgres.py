@@ -154,13 +154,26 @@ class EngineStore:
             return await cur.fetchone()
 
     async def list_streams(
-        self, *, after: str, limit: int, state: str | None, worker: str | None
+        self,
+        *,
+        after: str,
+        limit: int,
+        state: str | None,
+        worker: str | None,
+        search: str | None = None,
     ) -> list[dict[str, Any]]:
+        """Streams in key order after `after`; `search`: only keys containing that text."""
         async with self.db.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 sql("list_streams"),
-                {"after": after, "limit": limit, "state": state, "worker": worker},
+                {
+                    "after": after,
+                    "limit": limit,
+                    "state": state,
+                    "worker": worker,
+                    "search": search,
+                },
             )
             return await cur.fetchall()
 

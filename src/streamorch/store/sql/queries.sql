@@ -67,6 +67,7 @@ SELECT s.key, s.url, s.weight, s.labels, s.requires, s.enabled, s.created_at, s.
         OR (%(state)s = 'moving' AND a.state = 'revoking')
         OR (%(state)s = 'unassigned' AND a.stream_key IS NULL))
    AND (%(worker)s::text IS NULL OR w.name = %(worker)s OR a.worker_id::text = %(worker)s)
+   AND (%(search)s::text IS NULL OR strpos(s.key, %(search)s) > 0)
  ORDER BY s.key
  LIMIT %(limit)s;
 
