@@ -140,7 +140,8 @@ def test_workers_registered_through_the_api_appear_without_a_reload(orchestrator
 def test_drain_a_worker_from_the_dashboard(orchestrator, browser):
     worker_id = register(orchestrator, "drain-me", capacity=5)
     browser.get(f"{orchestrator.url}/ui/workers?name=drain-me")
-    browser.find_element(By.LINK_TEXT, "drain-me").click()
+    # The list may be up to one poll old (it is shared between open pages for 2 s).
+    wait(browser, lambda d: d.find_element(By.LINK_TEXT, "drain-me"), "the new worker").click()
     wait(browser, lambda d: "drain-me" in d.find_element(By.ID, "worker-name").text, "its page")
     browser.find_element(By.ID, "drain").click()
     wait(browser, lambda d: "draining" in text(d, "worker-status"), "status draining")

@@ -114,7 +114,12 @@ async def test_actions_without_the_csrf_token_are_refused_and_change_nothing(api
         data={"key": "s1", "action": "disable", "csrf": token},
         headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
     )
-    for refused in (missing, wrong, drain, cross_site):
+    other_origin = await api.post(
+        "/ui/stream",
+        data={"key": "s1", "action": "disable", "csrf": token},
+        headers={"Origin": "https://evil.example"},
+    )
+    for refused in (missing, wrong, drain, cross_site, other_origin):
         assert refused.status_code == 403
         assert "CSRF" in refused.text
         assert "Content-Security-Policy" in refused.headers

@@ -192,7 +192,10 @@ async def logout(request: Request) -> Response:
 @router.get("/ui")
 async def overview(request: Request) -> Response:
     _guard(request)
-    data = await views.overview(_runtime(request), _orch(request), _store(request))
+    extras = _runtime(request).extras
+    if "overview" not in extras:
+        extras["overview"] = views.Overview(_runtime(request), _orch(request), _store(request))
+    data = await extras["overview"].read()
     template = "_overview.html" if _fragment(request) else "overview.html"
     return render(request, template, {"page": "overview", **data})
 
@@ -209,7 +212,10 @@ async def workers(request: Request) -> Response:
     except ValueError:
         offset = 0
     status = show if show in ("active", "draining", "expired", "left") else None
-    rows = await _orch(request).workers(status)
+    extras = _runtime(request).extras
+    if "fleet" not in extras:
+        extras["fleet"] = views.Fleet(_orch(request))
+    rows = await extras["fleet"].rows(status)
     if show == "live":
         rows = [r for r in rows if r["status"] in ("active", "draining")]
     if name:

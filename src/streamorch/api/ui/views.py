@@ -6,8 +6,11 @@ goes through `Orchestrator`, `EngineStore` or the bounded `DashboardStore` queri
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -146,15 +149,70 @@ def health(runtime: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def overview(runtime: Any, orch: Orchestrator, store: DashboardStore) -> dict[str, Any]:
-    status = await orch.status()
-    return {
-        "status": status,
-        "instances": await store.live_instances(compat.LABELS),
-        "health": health(runtime),
-        "events": await store.recent_events(limit=12),
-        "chart": chart(await store.activity()),
-    }
+class Shared:
+    """One value for every page open on this replica, computed at most once per `ttl` s.
+
+    The fleet-wide aggregates (`/v1/status`'s counts and loads, the hour's activity)
+    scan the assignments or the event log; however many overviews poll a replica, each
+    is computed once per period, and concurrent requests wait for the same computation.
+    """
+
+    def __init__(self, ttl: float, compute: Callable[[], Awaitable[Any]]) -> None:
+        self.ttl = ttl
+        self.compute = compute
+        self._value: Any = None
+        self._expires = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Any:
+        if time.monotonic() < self._expires:
+            return self._value
+        async with self._lock:
+            if time.monotonic() >= self._expires:
+                self._value = await self.compute()
+                self._expires = time.monotonic() + self.ttl
+        return self._value
+
+
+STATUS_TTL_S = 2.0  # below the pages' poll period: every poll sees a newer status
+ACTIVITY_TTL_S = 30.0  # a chart of minutes
+
+
+class Overview:
+    """What the overview shows; the expensive parts shared between open pages."""
+
+    def __init__(self, runtime: Any, orch: Orchestrator, store: DashboardStore) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.status = Shared(STATUS_TTL_S, self._status)
+        self.activity = Shared(ACTIVITY_TTL_S, store.activity)
+        self.orch = orch
+
+    async def _status(self) -> tuple[dict[str, Any], int]:
+        return await self.orch.status(), await self.store.live_instances(compat.LABELS)
+
+    async def read(self) -> dict[str, Any]:
+        status, instances = await self.status.get()
+        return {
+            "status": status,
+            "instances": instances,
+            "health": health(self.runtime),
+            "events": await self.store.recent_events(limit=12),
+            "chart": chart(await self.activity.get()),
+        }
+
+
+class Fleet:
+    """The worker list (`Orchestrator.workers`), shared between open workers pages."""
+
+    def __init__(self, orch: Orchestrator) -> None:
+        self.lists = {
+            status: Shared(STATUS_TTL_S, functools.partial(orch.workers, status))
+            for status in (None, "active", "draining", "expired", "left")
+        }
+
+    async def rows(self, status: str | None) -> list[dict[str, Any]]:
+        return await self.lists[status].get()
 
 
 def parse_uuid(value: str | None) -> uuid.UUID | None:
