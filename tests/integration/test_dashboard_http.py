@@ -234,3 +234,17 @@ def test_sessions_are_signed_and_expire():
     forged = f"{int(expires) + 999}.{nonce}.{signature}"
     assert not security.valid_session("t", forged, now=1001.0)
     assert not security.valid_session("t", "garbage", now=1001.0)
+
+
+async def test_an_exposed_api_without_tokens_shows_the_logs_warning(
+    make_settings, postgres_server, database, redis_url
+):
+    from streamorch.core.serve import open_api_warning
+
+    settings = make_settings(
+        DATABASE_URL=postgres_server.url(database), REDIS_URL=redis_url, ORCHESTRATOR_HOST="0.0.0.0"
+    )
+    async with serving(settings) as client:
+        html = (await client.get("/ui/streams")).text
+    assert open_api_warning(settings).replace("'", "&#39;") in html
+    assert "THE API IS OPEN: listening on 0.0.0.0" in html

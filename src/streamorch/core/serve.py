@@ -84,6 +84,17 @@ def serve(settings: Settings, *, keep_services: bool = False) -> int:
 
 def warn_if_exposed(settings: Settings) -> bool:
     """Loudly warn when the API is reachable from other machines without any token."""
+    if not exposed(settings):
+        return False
+    log.warning(
+        open_api_warning(settings),
+        extra={"action": "auth_disabled_on_network", "fix": OPEN_API_FIX},
+    )
+    return True
+
+
+def exposed(settings: Settings) -> bool:
+    """Reachable from other machines (not bound to loopback) without any token."""
     import ipaddress
 
     host = settings.orchestrator_host
@@ -91,13 +102,7 @@ def warn_if_exposed(settings: Settings) -> bool:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if loopback or settings.admin_token is not None or settings.worker_token is not None:
-        return False
-    log.warning(
-        open_api_warning(settings),
-        extra={"action": "auth_disabled_on_network", "fix": OPEN_API_FIX},
-    )
-    return True
+    return not (loopback or settings.admin_token is not None or settings.worker_token is not None)
 
 
 OPEN_API_FIX = "set STREAMORCH_ADMIN_TOKEN and STREAMORCH_WORKER_TOKEN, or bind to 127.0.0.1"

@@ -67,17 +67,28 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def open_warning(request: Request) -> str | None:
-    """The log's warning about an open API when no admin token guards the dashboard."""
+SET_TOKENS = "set STREAMORCH_ADMIN_TOKEN (and STREAMORCH_WORKER_TOKEN for the workers)"
+
+
+def open_warning(request: Request) -> tuple[str, str] | None:
+    """The warning and its fix when no admin token guards the dashboard: the log's own
+    words when the API is reachable from other machines."""
     if security.admin_token(request) is not None:
         return None
     settings = request.app.state.runtime.settings
     if settings.worker_token is not None:
         return (
             "No STREAMORCH_ADMIN_TOKEN is set: this dashboard and every admin call of the API "
-            "are open to anyone who can reach this port"
+            "are open to anyone who can reach this port",
+            "set STREAMORCH_ADMIN_TOKEN",
         )
-    return serve.open_api_warning(settings)
+    if serve.exposed(settings):
+        return serve.open_api_warning(settings), serve.OPEN_API_FIX
+    return (
+        f"No tokens are set: listening on {settings.orchestrator_host} only, this dashboard "
+        "and the API are open to every user and process of this machine",
+        SET_TOKENS,
+    )
 
 
 def render(
@@ -90,7 +101,6 @@ def render(
             request=request,
             csrf=security.csrf_token(request),
             warning=open_warning(request),
-            fix=serve.OPEN_API_FIX,
             auth=security.admin_token(request) is not None,
             page=context.pop("page", None),
             **context,
