@@ -115,6 +115,7 @@ def test_overview_shows_the_numbers_of_the_status_call(orchestrator, browser):
     assert "ready" in text(browser, "health-postgresql")
     assert "ready" in text(browser, "health-redis")
     assert browser.find_element(By.ID, "open-warning").is_displayed()
+    wait(browser, lambda d: "grants 30" in text(d, "activity"), "the chart of the hour")
     screenshot(browser, "overview")
     assert console_errors(browser) == []
 

@@ -192,12 +192,22 @@ async def logout(request: Request) -> Response:
 @router.get("/ui")
 async def overview(request: Request) -> Response:
     _guard(request)
+    data = await _overview(request).read()
+    template = "_overview.html" if _fragment(request) else "overview.html"
+    return render(request, template, {"page": "overview", **data})
+
+
+@router.get("/ui/activity")
+async def activity(request: Request) -> Response:
+    _guard(request)
+    return render(request, "_chart.html", {"chart": await _overview(request).chart()})
+
+
+def _overview(request: Request) -> views.Overview:
     extras = _runtime(request).extras
     if "overview" not in extras:
         extras["overview"] = views.Overview(_runtime(request), _orch(request), _store(request))
-    data = await extras["overview"].read()
-    template = "_overview.html" if _fragment(request) else "overview.html"
-    return render(request, template, {"page": "overview", **data})
+    return extras["overview"]
 
 
 # -- workers -------------------------------------------------------------------

@@ -198,8 +198,10 @@ class Overview:
             "instances": instances,
             "health": health(self.runtime),
             "events": await self.store.recent_events(limit=12),
-            "chart": chart(await self.activity.get()),
         }
+
+    async def chart(self) -> Chart:
+        return chart(await self.activity.get())
 
 
 class Fleet:
