@@ -179,6 +179,7 @@ async def test_fragments_answer_alone_for_polling(api):
     assert fragment.status_code == 200
     assert fragment.text.startswith('<div id="live"')
     assert "<html" not in fragment.text
+    assert '<section id="recent" aria-labelledby="h-recent" hx-swap-oob="true">' in fragment.text
     chart = await api.get("/ui/activity", headers={"HX-Request": "true"})
     assert chart.status_code == 200
     assert chart.text.startswith('<div id="activity"')

@@ -193,7 +193,7 @@ async def logout(request: Request) -> Response:
 async def overview(request: Request) -> Response:
     _guard(request)
     data = await _overview(request).read()
-    template = "_overview.html" if _fragment(request) else "overview.html"
+    template = "_overview_poll.html" if _fragment(request) else "overview.html"
     return render(request, template, {"page": "overview", **data})
 
 
