@@ -228,6 +228,10 @@ async def test_with_tokens_the_dashboard_asks_for_the_admin_token(tokened):
     out = await api.post("/ui/logout", data={"csrf": token})
     assert out.status_code == 303
     assert (await api.get("/ui")).status_code == 303
+    # An action after the session ended changes nothing and leads to the sign-in page.
+    stale = await api.post("/ui/stream", data={"key": "a", "action": "delete", "csrf": token})
+    assert stale.status_code == 303
+    assert stale.headers["location"] == "/ui/login?next=%2Fui"
 
 
 def test_sessions_are_signed_and_expire():

@@ -99,6 +99,8 @@ def _fragment(request: Request) -> bool:
 
 def _to_login(request: Request) -> Response:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if request.method != "GET":  # an action cannot be replayed by a redirect
+        target = "/ui"
     if _fragment(request):  # a poll after the session ended: htmx moves the whole page
         return Response(status_code=204, headers={"HX-Redirect": "/ui/login"})
     return RedirectResponse("/ui/login?" + urlencode({"next": target}), status_code=303)
