@@ -81,3 +81,18 @@ async def test_a_shared_value_is_computed_once_for_concurrent_readers():
 )
 def test_sign_in_only_returns_to_dashboard_pages(target, expected):
     assert security.safe_next(target) == expected
+
+
+def test_the_vendored_script_is_the_one_recorded():
+    import hashlib
+    import re
+    from importlib import resources
+
+    from streamorch.api.ui import templating
+
+    static = resources.files("streamorch.api.ui") / "static"
+    recorded = (static / "VENDORED.md").read_text()
+    digest = hashlib.sha256((static / templating.HTMX).read_bytes()).hexdigest()
+    assert f"`{templating.HTMX}`" in recorded
+    assert re.search(rf"sha256 `{digest}`", recorded)
+    assert (static / "htmx-LICENSE.txt").read_text().startswith("Zero-Clause BSD")
