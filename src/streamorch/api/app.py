@@ -107,7 +107,7 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
         summary="Keeps every enabled stream running on exactly one healthy worker.",
         lifespan=lifespan,
     )
-    from streamorch.api import errors, limits, middleware, openapi
+    from streamorch.api import errors, limits, middleware, openapi, ui
     from streamorch.api.routes import cluster, compat, fleet, health, streams, workers
 
     errors.install(app)
@@ -116,6 +116,7 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
     app.add_middleware(middleware.RequestContext, metrics=metrics)
     for module in (health, streams, workers, fleet, cluster, compat):
         app.include_router(module.router)
+    ui.install(app)  # the dashboard at /ui (and / redirecting there)
     # Routes are matched in order, and heartbeats are nearly all the traffic.
     app.router.routes.insert(0, workers.heartbeat_route)
     return app

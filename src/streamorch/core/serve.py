@@ -118,6 +118,17 @@ def _refuse_second_start(exc: AlreadyRunning) -> int:
 
 def warn_if_exposed(settings: Settings) -> bool:
     """Loudly warn when the API is reachable from other machines without any token."""
+    if not exposed(settings):
+        return False
+    log.warning(
+        open_api_warning(settings),
+        extra={"action": "auth_disabled_on_network", "fix": OPEN_API_FIX},
+    )
+    return True
+
+
+def exposed(settings: Settings) -> bool:
+    """Reachable from other machines (not bound to loopback) without any token."""
     import ipaddress
 
     host = settings.orchestrator_host
@@ -125,19 +136,19 @@ def warn_if_exposed(settings: Settings) -> bool:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if loopback or settings.admin_token is not None or settings.worker_token is not None:
-        return False
-    log.warning(
-        "THE API IS OPEN: listening on %s without STREAMORCH_ADMIN_TOKEN or "
-        "STREAMORCH_WORKER_TOKEN — anyone who can reach this port can change the catalog and "
-        "the fleet",
-        host,
-        extra={
-            "action": "auth_disabled_on_network",
-            "fix": "set STREAMORCH_ADMIN_TOKEN and STREAMORCH_WORKER_TOKEN, or bind to 127.0.0.1",
-        },
+    return not (loopback or settings.admin_token is not None or settings.worker_token is not None)
+
+
+OPEN_API_FIX = "set STREAMORCH_ADMIN_TOKEN and STREAMORCH_WORKER_TOKEN, or bind to 127.0.0.1"
+
+
+def open_api_warning(settings: Settings) -> str:
+    """The warning about an API without tokens (the log's, also shown by the dashboard)."""
+    return (
+        f"THE API IS OPEN: listening on {settings.orchestrator_host} without "
+        "STREAMORCH_ADMIN_TOKEN or STREAMORCH_WORKER_TOKEN — anyone who can reach this port "
+        "can change the catalog and the fleet"
     )
-    return True
 
 
 def bind_socket(settings: Settings) -> socket.socket:

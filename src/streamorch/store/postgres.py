@@ -160,13 +160,29 @@ class EngineStore:
             return await cur.fetchone()
 
     async def list_streams(
-        self, *, after: str, limit: int, state: str | None, worker: str | None
+        self,
+        *,
+        after: str,
+        limit: int,
+        state: str | None,
+        worker: str | None,
+        search: str | None = None,
     ) -> list[dict[str, Any]]:
-        async with self.db.connection() as conn:
+        """Streams in key order after `after`; `search`: only keys containing that text.
+
+        Never prepared: a generic plan for these optional filters joins the whole catalog
+        (seconds at 100,000 streams) where a plan for the actual values reads one page."""
+        async with self.db.connection(prepared=False) as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 sql("list_streams"),
-                {"after": after, "limit": limit, "state": state, "worker": worker},
+                {
+                    "after": after,
+                    "limit": limit,
+                    "state": state,
+                    "worker": worker,
+                    "search": search,
+                },
             )
             return await cur.fetchall()
 

@@ -58,7 +58,9 @@ SELECT s.key, s.url, s.weight, s.labels, s.requires, s.enabled, s.created_at, s.
        a.worker_id, w.name AS worker_name, a.token, a.state, a.since, a.reason,
        a.target_id, t.name AS target_name
   FROM streams s
-  LEFT JOIN assignments a ON a.stream_key = s.key
+  -- The cursor again on the assignments side: without it, a merge join reads every
+  -- assignment before the cursor (100,000 at the end of the catalog).
+  LEFT JOIN assignments a ON a.stream_key = s.key AND a.stream_key > %(after)s
   LEFT JOIN workers w ON w.id = a.worker_id
   LEFT JOIN workers t ON t.id = a.target_id
  WHERE s.key > %(after)s
@@ -67,6 +69,7 @@ SELECT s.key, s.url, s.weight, s.labels, s.requires, s.enabled, s.created_at, s.
         OR (%(state)s = 'moving' AND a.state = 'revoking')
         OR (%(state)s = 'unassigned' AND a.stream_key IS NULL))
    AND (%(worker)s::text IS NULL OR w.name = %(worker)s OR a.worker_id::text = %(worker)s)
+   AND (%(search)s::text IS NULL OR strpos(s.key, %(search)s) > 0)
  ORDER BY s.key
  LIMIT %(limit)s;
 
