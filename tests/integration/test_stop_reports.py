@@ -106,12 +106,3 @@ async def test_lease_expiry_finishes_the_move_without_a_report(store):
     result = await _pass(store)
     assert result.expired == [str(first["id"])]
     assert await _holding(store, "s") == ("second", "granted")
-
-
-async def test_a_current_report_finishes_the_move_once_the_revoke_is_committed(store):
-    # The original protocol names no version; its instances start only what they pulled
-    # (hand-outs count as running), so their report is current when it arrives.
-    first, _, _ = await _revoked_from_first(store)
-    await _beat(store, first, [], report_is_current=True)
-    assert (await _pass(store)).finished == 1
-    assert await _holding(store, "s") == ("second", "granted")

@@ -61,6 +61,7 @@ class Connection:
         client: A ready `httpx.AsyncClient` to use alone (not closed by `aclose()`).
         transport: An httpx transport for the clients created here (tests).
         timeout: Seconds each request may take (`request(timeout=)` overrides it).
+        secret_file: A file (kept 0600) holding the worker's secret between processes.
     """
 
     def __init__(
