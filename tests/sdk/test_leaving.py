@@ -132,7 +132,7 @@ async def a_drain_that_times_out_never_starts_a_stream_again(
     )
     for key in keys:
         assert [kind for _, kind, k in events if k == key] == ["start", "stop"], key
-    workers = {w["name"]: w["status"] for w in await admin.list_workers()}
+    workers = {w["name"]: w["status"] for w in await admin.list_workers("all")}
     assert workers["stuck"] == "left"
     for key in keys:
         assert (await admin.get_stream(key))["assignment"] is None

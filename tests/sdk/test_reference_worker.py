@@ -125,7 +125,7 @@ async def test_sigterm_drains_and_exits_zero(server: ServerProcess, start_worker
         assert worker.returncode == 0
         assert not alive(pid)
         # Nowhere else to go: the worker stopped it and deregistered with force.
-        workers = {w["name"]: w["status"] for w in await admin.list_workers()}
+        workers = {w["name"]: w["status"] for w in await admin.list_workers("all")}
         assert workers.get("rw", "left") == "left"
 
 

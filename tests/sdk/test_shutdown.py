@@ -98,7 +98,7 @@ async def test_sync_worker_drains_on_sigterm(server: ServerProcess, tmp_path: Pa
                     assert at >= stopped[stream.stream], f"{stream.stream} ran twice"
                     assert at >= signalled
                 # Deregistered: the leaver is no longer a member of the fleet.
-                workers = {w["name"]: w for w in await admin.list_workers()}
+                workers = {w["name"]: w for w in await admin.list_workers("all")}
                 assert workers.get("leaver", {"status": "left"})["status"] == "left"
         finally:
             if proc.poll() is None:

@@ -224,10 +224,10 @@ def _reference_worker(server: str, *extra: str, log: Path) -> subprocess.Popen[b
 
 
 async def _status(admin: AdminClient, name: str, status: str) -> bool:
-    workers = {w["name"]: w for w in await admin.list_workers()}
+    workers = {w["name"]: w for w in await admin.list_workers("all")}
     return name in workers and workers[name]["status"] == status
 
 
 async def _streams_on(admin: AdminClient, name: str, count: int) -> bool:
-    workers = {w["name"]: w for w in await admin.list_workers()}
+    workers = {w["name"]: w for w in await admin.list_workers("all")}
     return name in workers and workers[name]["streams"] == count
