@@ -36,4 +36,6 @@ async def test_small_run_has_no_duplicate_owner(server: ServerProcess, kill_mode
     # The simulator cleans up after itself.
     async with AdminClient(server.url) as admin:
         assert (await admin.list_streams())["items"] == []
-        assert all(w["status"] == "left" for w in await admin.list_workers("all"))
+        assert await admin.list_workers() == []  # no live worker left behind
+        departed = {w["status"] for w in await admin.list_workers("all")}
+        assert departed <= {"left", "expired"}, departed  # crashed ones simply expired
