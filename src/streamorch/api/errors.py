@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
@@ -11,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from streamorch.domain import errors
 
@@ -137,3 +140,30 @@ def install(app: FastAPI) -> None:
             status_code=503,
             headers={"Retry-After": "2"},
         )
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer `{"error": …}` straight through ASGI, for the layers below FastAPI's handlers
+    (body limits, connection limits, the last-resort 500)."""
+    payload = json.dumps(
+        {"error": {"code": code, "message": message, "details": details or {}}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -23,6 +22,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from streamorch.api import errors
 from streamorch.config import Settings
 
 log = logging.getLogger(__name__)
@@ -74,26 +74,13 @@ class _TooLarge(Exception):
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    payload = json.dumps(
-        {
-            "error": {
-                "code": "too_large",
-                "message": f"request body exceeds {limit // 2**20} MiB; split it into smaller calls",
-                "details": {"limit_bytes": limit},
-            }
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
+    await errors.send_error(
+        send,
+        413,
+        "too_large",
+        f"request body exceeds {limit // 2**20} MiB; split it into smaller calls",
+        {"limit_bytes": limit},
     )
-    await send({"type": "http.response.body", "body": payload})
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -157,29 +144,13 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
 
 async def _over_the_limit(scope: Scope, receive: Receive, send: Send) -> None:
-    payload = json.dumps(
-        {
-            "error": {
-                "code": "too_many_connections",
-                "message": "the server has as many connections as it accepts "
-                "(HTTP_MAX_CONNECTIONS); retry shortly",
-                "details": {},
-            }
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"retry-after", b"1"),
-                (b"connection", b"close"),
-            ],
-        }
+    await errors.send_error(
+        send,
+        503,
+        "too_many_connections",
+        "the server has as many connections as it accepts (HTTP_MAX_CONNECTIONS); retry shortly",
+        headers=[(b"retry-after", b"1"), (b"connection", b"close")],
     )
-    await send({"type": "http.response.body", "body": payload})
 
 
 def server_config(app: ASGIApp, settings: Settings, **options: Any) -> uvicorn.Config:

@@ -11,7 +11,6 @@ series per worker.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -22,6 +21,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamorch import logs
+from streamorch.api import errors
 from streamorch.api.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -100,23 +100,6 @@ class RequestContext:
 
 
 async def _internal_error(send: Send) -> None:
-    payload = json.dumps(
-        {
-            "error": {
-                "code": "internal",
-                "message": "internal error; the server logged it with this request's id",
-                "details": {},
-            }
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
+    await errors.send_error(
+        send, 500, "internal", "internal error; the server logged it with this request's id"
     )
-    await send({"type": "http.response.body", "body": payload})
