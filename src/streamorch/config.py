@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, JsonValue, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamorch.domain.errors import ConfigurationError
@@ -24,7 +24,7 @@ from streamorch.domain.problems import Problem
 
 
 def _env(*names: str, default: Any = None, example: str | None = None, **kwargs: Any) -> Any:
-    extra = {"env": list(names), "example": example}
+    extra: dict[str, JsonValue] = {"env": list(names), "example": example}
     return Field(default, validation_alias=AliasChoices(*names), json_schema_extra=extra, **kwargs)
 
 
@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     )
 
     @classmethod
-    def settings_customise_sources(  # type: ignore[no-untyped-def, override]
+    def settings_customise_sources(  # type: ignore[no-untyped-def]
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ):
         # load_settings() reads the environment mapping it is given; pydantic-settings must
@@ -225,7 +225,8 @@ def _problem_from_error(err: Any, env: Mapping[str, str]) -> Problem:
     env_name = next((n for n in names if env.get(n)), names[0])
     secret = field_name in _SECRET_FIELDS or "PASSWORD" in env_name or "TOKEN" in env_name
     shown = "<hidden>" if secret else repr(env.get(env_name, ""))
-    example = info.json_schema_extra.get("example") if info else None
+    extra = info.json_schema_extra if info else None
+    example = extra.get("example") if isinstance(extra, dict) else None
     expected = _expectation(err, field_name) + (f", e.g. {example}" if example else "")
     default = info.default if info is not None else None
     fix = f"correct {env_name}" + (f", or unset it to use the default {default}" if default else "")

@@ -33,7 +33,7 @@ _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 def request_id_from(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
-            given = value.decode("latin-1").strip()
+            given: str = value.decode("latin-1").strip()
             if _ACCEPTABLE.fullmatch(given):
                 return given
             break  # unusable (too long, odd characters): never echo it into logs or headers

@@ -10,7 +10,7 @@ from importlib import resources
 
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from streamorch.api.ui import security
 from streamorch.api.ui.routes import router
@@ -20,7 +20,7 @@ class _Static(StaticFiles):
     """The vendored script and the stylesheet, with the dashboard's security headers."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_with_headers(message: dict) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 for name, value in security.HEADERS.items():
