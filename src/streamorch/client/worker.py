@@ -191,6 +191,9 @@ class AsyncWorker:
         self._converger: asyncio.Task[None] | None = None
         self._signals: list[signal.Signals] = []
         self._closed = False
+        # Seams for tests: the lease clock (monotonic seconds) and the jitter source.
+        self._clock: Callable[[], float] = time.monotonic
+        self._random: Callable[[], float] = random.random
 
     # -- what the worker runs ---------------------------------------------------------
     @property
@@ -455,7 +458,7 @@ class AsyncWorker:
         }
         attempt = 0
         while True:
-            sent = time.monotonic()
+            sent = self._clock()
             try:
                 data = await self._conn.request("POST", "/v1/workers/register", json=body)
             except errors.TransportError as exc:
@@ -541,7 +544,7 @@ class AsyncWorker:
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with full jitter on the upper half."""
         cap = min(self.max_backoff, 0.05 * 2 ** min(attempt, 16))
-        return cap / 2 + random.random() * cap / 2  # noqa: S311 - jitter, not secrecy
+        return cap / 2 + self._random() * cap / 2
 
     def _body(self) -> dict[str, Any]:
         metrics: dict[str, Any] = {
@@ -567,7 +570,7 @@ class AsyncWorker:
         """One heartbeat; applies its answer. Raises `ClientError` when it failed."""
         epoch = self._epoch
         body = self._body()
-        sent = time.monotonic()
+        sent = self._clock()
         data = await self._conn.request(
             "POST", f"/v1/workers/{self.worker_id}/heartbeat", json=body
         )
@@ -575,7 +578,7 @@ class AsyncWorker:
             return
         self.heartbeats += 1
         self._last_renewal = max(sent, self._last_renewal or sent)
-        if self.fenced and time.monotonic() < sent + self.lease_ttl - self.fence_margin:
+        if self.fenced and self._clock() < sent + self.lease_ttl - self.fence_margin:
             log.info("lease renewed again", extra={"action": "unfenced", "worker": self.name})
             self.fenced = False
         desired = Desired.from_json(data)
@@ -604,7 +607,7 @@ class AsyncWorker:
             if failures:
                 delay = min(self._backoff(failures), self.heartbeat_interval)
             else:
-                spread = 1 + self.jitter * (2 * random.random() - 1)  # noqa: S311
+                spread = 1 + self.jitter * (2 * self._random() - 1)
                 delay = self.heartbeat_interval * spread
             await _wait_event(self._wake_heartbeat, delay)
 
@@ -644,7 +647,7 @@ class AsyncWorker:
             renewed = self._last_renewal
             if self.fenced or renewed is None:
                 continue
-            if time.monotonic() >= renewed + self.lease_ttl - self.fence_margin:
+            if self._clock() >= renewed + self.lease_ttl - self.fence_margin:
                 self.fenced = True
                 self.fences += 1
                 log.warning(
