@@ -13,8 +13,8 @@ import pytest
 
 from streamorch.client import Assignment, AsyncWorker
 from streamorch.client.http import SECRET_HEADER
-from tests.simulated import wait_until
 from tests.support.fake_orchestrator import FakeOrchestrator
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
