@@ -58,7 +58,8 @@ async def deregister(
 ) -> bool:
     """`DELETE /v1/workers/{id}`, forced once `deadline` passed or `hurry` is set.
 
-    True when the server took it; False when it gave up (the lease expires instead).
+    True when the server took it; False when it gave up (the lease expires instead) or
+    the worker was already unknown.
     """
     path = f"/v1/workers/{worker_id}"
     while True:
@@ -67,7 +68,7 @@ async def deregister(
             await conn.request("DELETE", path, params={"force": str(force).lower()})
         except errors.APIError as exc:
             if exc.status == 404:
-                return True
+                return False  # the server no longer knows it: nothing to leave
             if force or (exc.code != "worker_owns_streams" and not exc.retryable):
                 log.warning("cannot deregister: %s", exc, extra={"action": "deregister"})
                 return False
