@@ -23,14 +23,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import httpx
 import psutil
 import psycopg
 from psycopg import sql
@@ -38,6 +36,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the process helpers are shared with the end-to-end tests
 from tests.e2e.harness import clean_env, free_port, kill_processes_mentioning  # noqa: E402
+from tests.support.cluster import spawn_server, wait_server_ready  # noqa: E402
 
 from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey  # noqa: E402
 
@@ -71,16 +70,7 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise BenchError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get(self.url + "/ready").status_code == 200:
-                        return
-                time.sleep(0.05)
-        raise BenchError(f"server not ready within {timeout:g}s:\n{self.log()}")
+        wait_server_ready(self.proc, self.url, describe=self.log, timeout=timeout, error=BenchError)
 
     def stop(self) -> None:
         if self.proc.poll() is not None:
@@ -202,15 +192,7 @@ class Stack:
             STREAMORCH_DATA_DIR=str(self.workspace / f"server{n}"),
             **env,
         )
-        with log_path.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, *python_args, "-m", "streamorch", "serve"],
-                cwd=ROOT,
-                env=environ,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        proc = spawn_server(environ, log_path, python_args=python_args)
         server = Server(proc, port, log_path)
         self.servers.append(server)
         server.wait_ready()

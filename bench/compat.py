@@ -4,7 +4,7 @@ streams moved away from live instances while SDK workers churn beside them.
 Starts embedded PostgreSQL + Valkey and one `streamorch serve` with the default timing
 (COMPAT_LEASE_TTL 150 s, RECONCILE_INTERVAL 1 s, SDK LEASE_TTL 10 s), and drives simulated
 instances of the original clients (tests/original_clients.py: C1, C2, C3 with their real
-30 s heartbeats and 3 s pulls, bugs included) and SDK workers (tests/simulated.py) over
+30 s heartbeats and 3 s pulls, bugs included) and SDK workers (tests/support/simworker.py) over
 real HTTP, all in this process.
 
 failover: a C1 instance holding 20 streams is killed right after a heartbeat (no release,
@@ -32,7 +32,8 @@ from typing import Any
 import httpx
 from _servers import Stack, machine, run_bench  # also puts the repository on sys.path
 from tests.original_clients import C1, C2, C3, Timing, overlaps
-from tests.simulated import Fleet, all_events, wait_until
+from tests.support.fleet import Fleet, all_events
+from tests.support.waiting import wait_until
 
 REAL = Timing(heartbeat=30.0, pull=3.0, retry_delays=(1.0, 2.0))
 

@@ -2,7 +2,7 @@
 
 Starts embedded PostgreSQL + Valkey and one `streamorch serve` (defaults, LOG_LEVEL
 WARNING; `--settle` sets PLACEMENT_SETTLE_S), creates --streams streams (weight 1)
-with no worker, then registers --workers simulated workers (tests/simulated.py: they
+with no worker, then registers --workers simulated workers (tests/support/simworker.py: they
 heartbeat, long-poll and apply answers as the SDK does, journaling every start and
 stop) one after another, --spacing-ms apart, as worker processes coming up would.
 
@@ -35,7 +35,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import BenchError, Stack, machine, run_bench
-from tests.simulated import Fleet
+from tests.support.fleet import Fleet
 
 CONVERGE_TIMEOUT_S = 300.0
 

@@ -1,6 +1,6 @@
 """Soak: a fleet under constant churn for a chosen time, as a rolling deploy would cause.
 
-2,000 streams on 40 workers (simulated: the worker protocol of tests/simulated.py).
+2,000 streams on 40 workers (simulated: the worker protocol of tests/support/simworker.py).
 Every `--churn-every` seconds the oldest worker goes, alternately by a crash (its
 lease expires) and by a drain (it reports draining, its streams move away, then it
 deregisters), and a worker with a new name takes its place. Every `--sample-every`
@@ -36,7 +36,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._servers import Server, Stack, machine, percentile, run_bench
-from tests.simulated import Fleet, SimWorker, wait_until
+from tests.support.fleet import Fleet
+from tests.support.simworker import SimWorker
+from tests.support.waiting import wait_until
 
 HEARTBEAT = "/v1/workers/{worker_id}/heartbeat"
 BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from tests.chaos.conftest import LEASE_TTL, Chaos
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until_sync as wait_until
 
 pytestmark = [pytest.mark.slow]
 

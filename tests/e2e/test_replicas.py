@@ -12,126 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.harness import ROOT, clean_env, free_port
-from tests.simulated import Fleet, all_events, ownership_violations, wait_until
+from tests.support.cluster import Servers
+from tests.support.fleet import Fleet, all_events, ownership_violations
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 ENGINE = {"LEASE_TTL": "2", "HEARTBEAT_INTERVAL": "0.4", "RECONCILE_INTERVAL": "0.2"}
-READY_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 30.0
-
-
-@dataclass
-class Replica:
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace").splitlines()
-        return f"--- {self.name} ({self.url}) ---\n" + "\n".join(text[-lines:])
-
-
-class Replicas:
-    """`python -m streamorch serve` processes on one database; all stopped by `close()`."""
-
-    def __init__(self, workdir: Path, database_url: str, redis_url: str) -> None:
-        self.workdir = workdir
-        self.env = clean_env(
-            DATABASE_URL=database_url,
-            REDIS_URL=redis_url,
-            STREAMORCH_DATA_DIR=str(workdir / "data"),
-            LOG_LEVEL="INFO",
-            **ENGINE,
-        )
-        for name in ("STREAMORCH_ADMIN_TOKEN", "STREAMORCH_WORKER_TOKEN"):
-            self.env.pop(name, None)
-        self.replicas: list[Replica] = []
-
-    def start(self) -> Replica:
-        name = f"s{len(self.replicas) + 1}"
-        port = free_port()
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "streamorch", "serve"],
-                cwd=ROOT,
-                env={**self.env, "ORCHESTRATOR_PORT": str(port)},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        replica = Replica(name, proc, port, log)
-        self.replicas.append(replica)
-        return replica
-
-    async def wait_ready(self, *replicas: Replica) -> None:
-        async with httpx.AsyncClient(timeout=3.0) as client:
-            for replica in replicas:
-
-                async def ready(replica: Replica = replica) -> bool:
-                    if not replica.running:
-                        raise AssertionError(
-                            f"{replica.name} exited with {replica.proc.returncode}\n"
-                            + replica.tail()
-                        )
-                    try:
-                        response = await client.get(replica.url + "/ready")
-                    except httpx.TransportError:
-                        return False
-                    return response.status_code == 200
-
-                await wait_until(ready, timeout=READY_TIMEOUT, interval=0.1, what=replica.name)
-
-    def kill(self, replica: Replica) -> None:
-        replica.proc.send_signal(signal.SIGKILL)
-        replica.proc.wait(timeout=10)
-
-    def close(self) -> None:
-        for replica in self.replicas:
-            if replica.running:
-                replica.proc.send_signal(signal.SIGTERM)
-        for replica in self.replicas:
-            try:
-                replica.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                replica.proc.kill()
-                replica.proc.wait(timeout=10)
-
-    def logs(self) -> str:
-        return "\n".join(r.tail() for r in self.replicas)
 
 
 class Admin:
     """Operator calls, sent to the first replica that is still running."""
 
-    def __init__(self, replicas: Replicas) -> None:
+    def __init__(self, replicas: Servers) -> None:
         self.replicas = replicas
         self.client = httpx.AsyncClient(timeout=10.0)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         last: Exception | None = None
-        for replica in self.replicas.replicas:
+        for replica in self.replicas.servers:
             if not replica.running:
                 continue
             try:
@@ -149,7 +54,7 @@ class Admin:
         return response.json()
 
     async def events(self) -> list[dict[str, Any]]:
-        for replica in self.replicas.replicas:
+        for replica in self.replicas.servers:
             if replica.running:
                 async with httpx.AsyncClient(base_url=replica.url, timeout=10.0) as client:
                     return await all_events(client)
@@ -192,12 +97,12 @@ async def explain_overlaps(admin: Admin, fleet: Fleet) -> None:
 async def test_replicas_share_the_work_and_survive_a_sigkill(
     postgres_server, database, redis_url, tmp_path
 ):
-    replicas = Replicas(tmp_path, postgres_server.url(database), redis_url)
+    replicas = Servers(tmp_path, postgres_server.url(database), redis_url, ENGINE)
     admin = Admin(replicas)
     fleet: Fleet | None = None
     try:
         s1, s2 = replicas.start(), replicas.start()
-        await replicas.wait_ready(s1, s2)
+        await asyncio.to_thread(replicas.wait_ready, s1, s2)
 
         keys = [f"e2e/{i:03d}" for i in range(240)]
         response = await admin.request(
@@ -223,7 +128,7 @@ async def test_replicas_share_the_work_and_survive_a_sigkill(
 
         # A third replica; three workers join through it.
         s3 = replicas.start()
-        await replicas.wait_ready(s3)
+        await asyncio.to_thread(replicas.wait_ready, s3)
         third = fleet.add_target(s3.url)
         for _ in range(3):
             await fleet.add(f"w{len(fleet.workers):03d}", server=third)

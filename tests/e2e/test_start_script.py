@@ -7,10 +7,10 @@ with embedded PostgreSQL and Valkey unless the test points a service elsewhere.
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import socket
-import time
 from pathlib import Path
 
 import anyio
@@ -22,6 +22,7 @@ from streamorch.services import waits
 from streamorch.services.embedded import DataDir, EmbeddedPostgres
 from streamorch.services.endpoints import PostgresTarget, postgres_target
 from tests.e2e.harness import Launcher, free_port, processes_mentioning, wait_until_gone
+from tests.support.waiting import read_by_peer, wait_until, wait_until_sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -100,7 +101,10 @@ def test_external_postgres_never_answering_fails_in_phase_postgres(
 
 
 @pytest.mark.anyio
-async def test_wait_for_postgres_succeeds_when_the_server_comes_up_late(data_dir: Path) -> None:
+async def test_wait_for_postgres_succeeds_when_the_server_comes_up_late(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     data = DataDir(data_dir)
     data.ensure()
     port = free_port()
@@ -117,7 +121,12 @@ async def test_wait_for_postgres_succeeds_when_the_server_comes_up_late(data_dir
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait)
-            await anyio.sleep(1.5)
+            # The wait has failed once (nothing listens yet) before the server starts.
+            await wait_until(
+                lambda: any(getattr(r, "action", "") == "wait_retry" for r in caplog.records),
+                timeout=30,
+                what="a first failed attempt",
+            )
             assert not result, "nothing listens yet: the wait cannot have succeeded"
             endpoint = await anyio.to_thread.run_sync(pg.start)
             assert endpoint.port == port
@@ -203,25 +212,28 @@ def test_redis_required_and_down_fails_in_phase_redis(launcher: Launcher, data_d
 
 def test_sigterm_answers_long_polls_in_flight(launcher: Launcher, data_dir: Path) -> None:
     """Shutdown does not wait out a worker's 30 s long-poll: it is answered at once."""
-    import threading
+    import json
 
     import httpx
 
     run = launcher.start()
     run.wait_ready()
     worker = httpx.post(run.base_url + "/v1/workers/register", json={"name": "w"}).json()
-    url = f"{run.base_url}/v1/workers/{worker['worker_id']}/assignments"
-    version = httpx.get(url).json()["version"]
-    answers: list[httpx.Response] = []
-    poll = threading.Thread(
-        target=lambda: answers.append(
-            httpx.get(url, params={"version": version, "wait": 30}, timeout=60)
+    path = f"/v1/workers/{worker['worker_id']}/assignments"
+    version = httpx.get(run.base_url + path).json()["version"]
+    host, port = run.base_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as poll:
+        poll.sendall(
+            f"GET {path}?version={version}&wait=30 HTTP/1.1\r\nHost: {host}\r\n"
+            "Connection: close\r\n\r\n".encode()
         )
-    )
-    poll.start()
-    time.sleep(0.5)  # the long-poll is waiting on the server now
-    assert run.stop() == 0, run.stderr()
-    poll.join(timeout=60)
-    assert [a.status_code for a in answers] == [200]
-    assert answers[0].json()["version"] == version
+        # The server has read the long-poll (it is waiting there now) before the SIGTERM.
+        wait_until_sync(lambda: read_by_peer(poll), timeout=30, what="the server reads it")
+        assert run.stop() == 0, run.stderr()
+        answer = b""
+        while chunk := poll.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"200", head
+    assert json.loads(body)["version"] == version
     assert_nothing_left(data_dir)

@@ -14,7 +14,7 @@ import pytest
 from streamorch.core.catalog_sync import CatalogSync, SyncReport
 from tests.asgi import serving
 from tests.conftest import FAST_ENGINE
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

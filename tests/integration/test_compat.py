@@ -21,7 +21,8 @@ from streamorch.cli.main import app
 from streamorch.services.embedded import DataDir, EmbeddedValkey
 from tests.conftest import FAST_ENGINE
 from tests.original_clients import C1, C2, C3, Instance, Persisted, Timing, http_server, overlaps
-from tests.simulated import Fleet, all_events, wait_until
+from tests.support.fleet import Fleet, all_events
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.asgi import running_server
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

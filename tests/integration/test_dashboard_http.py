@@ -10,7 +10,7 @@ import pytest
 
 from streamorch.api.ui import security
 from tests.asgi import serving
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

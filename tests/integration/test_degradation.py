@@ -21,7 +21,8 @@ from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValk
 from streamorch.store import migrations
 from tests.asgi import serving
 from tests.conftest import FAST_ENGINE
-from tests.simulated import Fleet, all_events, wait_until
+from tests.support.fleet import Fleet, all_events
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

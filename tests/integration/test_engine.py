@@ -1,5 +1,5 @@
 """The engine end to end, in process: real PostgreSQL and Redis, the real app with its
-reconciler and notifier, and simulated workers speaking the protocol (tests/simulated.py).
+reconciler and notifier, and simulated workers speaking the protocol (tests/support/simworker.py).
 
 Every wait is bounded and polls a condition; nothing asserts how fast something happened.
 Invariants are checked from both sides: the API (loads, events) and the workers' own
@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.simulated import Fleet, all_events, ownership_violations, wait_until
+from tests.support.fleet import Fleet, all_events, ownership_violations
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -441,7 +442,8 @@ async def test_long_poll_returns_when_the_version_changes(api):
     wait = 5.0
     began = time.monotonic()
     poll = asyncio.create_task(api.get(path, params={"version": version, "wait": wait}))
-    await asyncio.sleep(0)
+    notifier = api.app.state.runtime.orchestrator.notifier
+    await wait_until(lambda: worker["worker_id"] in notifier._waiters, what="the long-poll waits")
     assert (await api.put("/v1/streams/lp", json={"url": URL.format("lp")})).status_code == 201
     answer = await asyncio.wait_for(poll, wait + 5)
     elapsed = time.monotonic() - began

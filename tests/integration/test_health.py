@@ -14,7 +14,7 @@ import pytest
 from streamorch.api.app import create_app
 from streamorch.logs import configure_logging
 from streamorch.store import migrations
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

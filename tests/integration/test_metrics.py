@@ -6,7 +6,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamorch.api.metrics import Metrics
-from tests.simulated import Fleet, wait_until
+from tests.support.fleet import Fleet
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -28,7 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import _recreate, drop_database
 from tests.e2e.harness import ROOT, clean_env, free_port
-from tests.simulated import Fleet, wait_until
+from tests.support.fleet import Fleet
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

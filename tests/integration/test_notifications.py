@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from streamorch.api.app import create_app
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -19,7 +20,9 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-async def _long_poll_sees_a_grant(client: httpx.AsyncClient) -> tuple[int, int]:
+async def _long_poll_sees_a_grant(client: httpx.AsyncClient, app) -> tuple[int, int]:
+    """A long-poll that is already waiting when the stream is created is woken with it."""
+    notifier = app.state.runtime.orchestrator.notifier
     worker = (await client.post("/v1/workers/register", json={"name": "w1"})).json()
     wid = worker["worker_id"]
     before = (await client.get(f"/v1/workers/{wid}/assignments")).json()["version"]
@@ -33,7 +36,8 @@ async def _long_poll_sees_a_grant(client: httpx.AsyncClient) -> tuple[int, int]:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(poll)
-        await anyio.sleep(0.2)
+        # The long-poll waits (it subscribed to its wake-ups) before the change is made.
+        await wait_until(lambda: wid in notifier._waiters, timeout=10, what="the long-poll waits")
         await client.put("/v1/streams/s1", json={"url": "http://x"})
     assert [a["stream"] for a in result["assignments"]] == ["s1"]
     return before, result["version"]
@@ -49,7 +53,7 @@ async def _wait_listening(app, source: str) -> None:
 async def test_long_poll_wakes_through_redis_and_postgres(api):
     await _wait_listening(api.app, "redis")
     await _wait_listening(api.app, "postgresql")
-    before, after = await _long_poll_sees_a_grant(api)
+    before, after = await _long_poll_sees_a_grant(api, api.app)
     assert after > before
     notifier = api.app.state.runtime.orchestrator.notifier
     with anyio.move_on_after(5):  # the listeners receive shortly after the local wake-up
@@ -73,7 +77,7 @@ async def test_long_poll_wakes_through_postgres_when_redis_is_down(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://o") as client:
             await _wait_listening(app, "postgresql")
-            before, after = await _long_poll_sees_a_grant(client)
+            before, after = await _long_poll_sees_a_grant(client, app)
     notifier = app.state.runtime.orchestrator.notifier
     assert after > before
     assert notifier.received["redis"] == 0

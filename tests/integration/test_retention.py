@@ -15,7 +15,7 @@ from streamorch.services import endpoints
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore
 from streamorch.store.retention import RETENTION_LOCK_KEY, RetentionStore
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

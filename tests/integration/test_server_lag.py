@@ -12,7 +12,8 @@ from streamorch.domain.models import Policy
 from streamorch.services import endpoints
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore
-from tests.simulated import Fleet, all_events, wait_until
+from tests.support.fleet import Fleet, all_events
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

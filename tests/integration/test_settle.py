@@ -7,7 +7,8 @@ import pytest
 
 from tests.asgi import serving
 from tests.conftest import FAST_ENGINE
-from tests.simulated import Fleet, all_events, wait_until
+from tests.support.fleet import Fleet, all_events
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

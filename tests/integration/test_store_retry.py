@@ -16,11 +16,24 @@ from streamorch.store.retry import retry_conflicts
 pytestmark = pytest.mark.anyio
 
 
-async def _lock_both(conninfo: str, first: int, second: int, deadlock_timeout: str) -> None:
+async def _lock_both(
+    conninfo: str,
+    first: int,
+    second: int,
+    deadlock_timeout: str,
+    *,
+    holding: anyio.Event | None = None,
+    other: anyio.Event | None = None,
+) -> None:
+    """Lock row `first`, then `second`; with the events, only once the other side holds
+    its first row too (`holding`: set here; `other`: the other side's)."""
     async with await psycopg.AsyncConnection.connect(conninfo) as conn, conn.transaction():
         await conn.execute(f"SET LOCAL deadlock_timeout = '{deadlock_timeout}'")
         await conn.execute("SELECT 1 FROM pairs WHERE id = %s FOR UPDATE", (first,))
-        await anyio.sleep(0.3)  # both transactions now hold their first row
+        if holding is not None:
+            holding.set()
+        if other is not None:
+            await other.wait()  # both transactions now hold their first row
         await conn.execute("SELECT 1 FROM pairs WHERE id = %s FOR UPDATE", (second,))
         await conn.execute("UPDATE pairs SET n = n + 1 WHERE id = %s", (second,))
 
@@ -31,18 +44,25 @@ async def test_a_transaction_chosen_as_deadlock_victim_is_run_again(postgres_ser
         await conn.execute("CREATE TABLE pairs (id int PRIMARY KEY, n int NOT NULL DEFAULT 0)")
         await conn.execute("INSERT INTO pairs (id) VALUES (1), (2)")
     attempts = 0
+    victim_holds, partner_holds = anyio.Event(), anyio.Event()
 
     @retry_conflicts
     async def victim() -> str:
         nonlocal attempts
         attempts += 1
         # The short deadlock_timeout makes this side detect the cycle first: PostgreSQL
-        # aborts the transaction that runs the detector.
-        await _lock_both(conninfo, 1, 2, "50ms")
+        # aborts the transaction that runs the detector. The run again goes alone.
+        if attempts == 1:
+            await _lock_both(conninfo, 1, 2, "50ms", holding=victim_holds, other=partner_holds)
+        else:
+            await _lock_both(conninfo, 1, 2, "50ms")
         return "done"
 
+    async def partner() -> None:
+        await _lock_both(conninfo, 2, 1, "30s", holding=partner_holds, other=victim_holds)
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_lock_both, conninfo, 2, 1, "30s")
+        tg.start_soon(partner)
         assert await victim() == "done"
 
     assert attempts == 2  # one deadlock, one clean run

@@ -10,7 +10,7 @@ import pytest
 
 from tests.asgi import serving
 from tests.conftest import FAST_ENGINE
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -6,19 +6,16 @@ on the same port, as an orchestrator restart or an outage looks to a worker.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import FAST_ENGINE, PostgresServer
-from tests.e2e.harness import ROOT, clean_env, free_port
+from tests.e2e.harness import clean_env, free_port
+from tests.support.cluster import spawn_server, wait_server_ready
 
 READY_TIMEOUT = 60.0
 
@@ -53,25 +50,12 @@ class ServerProcess:
 
     def start(self) -> None:
         self.starts += 1
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamorch", "serve"],
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        self.kill()
-        raise AssertionError(f"server not ready within {READY_TIMEOUT} s:\n{self.tail()}")
+        self.proc = spawn_server(self.env, self.log)
+        try:
+            wait_server_ready(self.proc, self.url, describe=self.tail, timeout=READY_TIMEOUT)
+        except AssertionError:
+            self.kill()
+            raise
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from streamorch.client import AdminClient, APIError, AsyncWorker, TransportError
-from streamorch.client.worker import _wait_event
+from streamorch.client.tasks import wait_event as _wait_event
 from tests.sdk.conftest import ServerProcess
 from tests.sdk.helpers import Calls, create_streams
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -3,6 +3,7 @@ sources and needs only httpx; it is typed; every public name is documented."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import subprocess
 import sys
@@ -107,6 +108,43 @@ def test_the_httpx_requirement_matches_the_full_package() -> None:
 def test_the_package_is_typed() -> None:
     assert (CLIENT / "py.typed").is_file()
     assert (CLIENT.parent / "py.typed").is_file()
+
+
+def test_the_public_names_are_pinned() -> None:
+    # A name added or removed here is a change of the SDK's public API: say so in the
+    # changelog and in docs/howto/worker-sdk.md, then update this list.
+    assert streamorch.client.__all__ == [
+        "DEFAULT_SERVER",
+        "APIError",
+        "AdminClient",
+        "Assignment",
+        "AsyncWorker",
+        "ClientError",
+        "Connection",
+        "Desired",
+        "Registration",
+        "TransportError",
+        "Worker",
+    ]
+    assert all(hasattr(streamorch.client, name) for name in streamorch.client.__all__)
+
+
+def test_the_sdk_imports_nothing_of_the_server() -> None:
+    # Read from the sources, so a lazy import inside a function counts too.
+    outside = []
+    for path in sorted(CLIENT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            outside += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[0] == "streamorch" and not n.startswith("streamorch.client")
+            ]
+    assert not outside
 
 
 def public_members(obj: type) -> list[tuple[str, object]]:

@@ -19,7 +19,7 @@ from tests.conftest import PostgresServer
 from tests.e2e.harness import ROOT
 from tests.sdk.conftest import ServerProcess
 from tests.sdk.helpers import create_streams
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,7 @@ from streamorch.client import AdminClient, AsyncWorker
 from tests.e2e.harness import ROOT
 from tests.sdk.conftest import ServerProcess
 from tests.sdk.helpers import Calls, create_streams
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ from streamorch.client import AdminClient
 from tests.e2e.harness import ROOT, free_port
 from tests.sdk.conftest import ServerProcess
 from tests.sdk.helpers import create_streams
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

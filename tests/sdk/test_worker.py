@@ -12,7 +12,7 @@ from streamorch.client.http import Connection
 from tests.e2e.harness import free_port
 from tests.sdk.conftest import ServerProcess
 from tests.sdk.helpers import Calls, create_streams
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ import pytest
 from streamorch.client import AdminClient, AsyncWorker
 from tests.sdk.conftest import ServerProcess
 from tests.sdk.helpers import Calls, create_streams
-from tests.simulated import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

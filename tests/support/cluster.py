@@ -3,6 +3,8 @@
 `Services` owns an embedded PostgreSQL and an embedded Valkey in its own directory (not
 the session's: restarting those would disturb other tests), so a test can restart either
 on the same port. `Servers` runs server processes against one database.
+`spawn_server` and `wait_server_ready` are the one way tests and benchmarks
+(bench/_servers.py) start a `streamorch serve` process and wait for its /ready.
 
     services = Services(root); services.start()
     servers = Servers(workdir, services.create_database(), services.redis_url, ENGINE)
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +91,44 @@ class Services:
         return self.database_url(name)
 
 
+def spawn_server(
+    env: dict[str, str], log: Path, *, python_args: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """Start `python -m streamorch serve` with `env` (the whole environment), output to `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, *python_args, "-m", "streamorch", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_server_ready(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    *,
+    describe: Callable[[], str],
+    timeout: float = READY_TIMEOUT_S,
+    error: type[Exception] = AssertionError,
+) -> None:
+    """Poll `url`/ready until it answers 200; `error` (with `describe()`) if the process
+    exits first or `timeout` seconds pass (a bound, not a speed check)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            if proc.poll() is not None:
+                raise error(f"server exited with {proc.returncode}:\n{describe()}")
+            with contextlib.suppress(httpx.TransportError):
+                if client.get(url + "/ready").status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise error(f"server not ready within {timeout:g} s:\n{describe()}")
+            time.sleep(0.05)
+
+
 @dataclass
 class Server:
     name: str
@@ -131,31 +172,14 @@ class Servers:
         name = f"s{len(self.servers) + 1}"
         port = free_port()
         log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "streamorch", "serve"],
-                cwd=ROOT,
-                env={**self.env, "ORCHESTRATOR_PORT": str(port)},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        proc = spawn_server({**self.env, "ORCHESTRATOR_PORT": str(port)}, log)
         server = Server(name, proc, port, log)
         self.servers.append(server)
         return server
 
     def wait_ready(self, *servers: Server) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
         for server in servers:
-            while True:
-                if not server.running:
-                    raise AssertionError(f"{server.name} exited:\n{server.tail()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(server.url + "/ready", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{server.name} not ready in time:\n{server.tail()}")
-                time.sleep(0.1)
+            wait_server_ready(server.proc, server.url, describe=server.tail)
 
     def kill(self, server: Server) -> None:
         server.proc.send_signal(signal.SIGKILL)

@@ -60,6 +60,15 @@ class AdminClient:
         """Any v1 call, for what has no method of its own."""
         return await self._conn.request(method, path, json=json, params=params)
 
+    async def _object(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A call whose answer is a JSON object; `APIError` when it is something else."""
+        body = await self.request(method, path, json=json, params=params)
+        if not isinstance(body, dict):
+            raise APIError(200, "unexpected_answer", f"{method} {path} answered {body!r}")
+        return body
+
     # -- streams ----------------------------------------------------------------------
     async def put_stream(
         self,
@@ -79,11 +88,11 @@ class AdminClient:
             "requires": dict(requires or {}),
             "enabled": enabled,
         }
-        return await self.request("PUT", f"/v1/streams/{key}", json=body)
+        return await self._object("PUT", f"/v1/streams/{key}", json=body)
 
     async def get_stream(self, key: str) -> dict[str, Any]:
         """The stream with its `assignment` (worker, token, state) or None, and `reason`."""
-        return await self.request("GET", f"/v1/streams/{key}")
+        return await self._object("GET", f"/v1/streams/{key}")
 
     async def delete_stream(self, key: str) -> None:
         """Delete the stream; its worker is told to stop it."""
@@ -91,14 +100,15 @@ class AdminClient:
 
     async def explain(self, key: str) -> dict[str, Any]:
         """Why the stream is where it is, or why no worker can take it."""
-        return await self.request("GET", f"/v1/streams/{key}/explain")
+        return await self._object("GET", f"/v1/streams/{key}/explain")
 
     async def bulk(
         self, streams: Iterable[Mapping[str, Any]], *, mode: str = "upsert"
     ) -> dict[str, int]:
         """Upsert (or, with `mode="replace"`, replace the catalog with) `streams`."""
         body = {"streams": [dict(s) for s in streams], "mode": mode}
-        return await self.request("POST", "/v1/streams/bulk", json=body)
+        counts = await self._object("POST", "/v1/streams/bulk", json=body)
+        return {str(k): int(v) for k, v in counts.items()}
 
     async def list_streams(
         self,
@@ -110,7 +120,7 @@ class AdminClient:
     ) -> dict[str, Any]:
         """One page: `{"items": [...], "next_cursor": str | None}`."""
         params = _params(limit=limit, cursor=cursor, state=state, worker=worker)
-        return await self.request("GET", "/v1/streams", params=params)
+        return await self._object("GET", "/v1/streams", params=params)
 
     async def iter_streams(
         self, *, state: str | None = None, worker: str | None = None, page: int = 1000
@@ -135,7 +145,7 @@ class AdminClient:
         default), departed and all.
         """
         params = _params(status=status, limit=limit, cursor=cursor)
-        return await self.request("GET", "/v1/workers", params=params)
+        return await self._object("GET", "/v1/workers", params=params)
 
     async def iter_workers(
         self, *, status: str | None = None, page: int = 1000
@@ -160,7 +170,7 @@ class AdminClient:
         if body["items"]:
             return dict(body["items"][0])
         if _is_uuid(worker):
-            return await self.request("GET", f"/v1/workers/{worker}")
+            return await self._object("GET", f"/v1/workers/{worker}")
         raise APIError(404, "not_found", f"no worker {worker!r}: see `streamorch workers list`")
 
     async def drain_worker(self, worker_id: str) -> None:
@@ -182,7 +192,7 @@ class AdminClient:
     # -- cluster ----------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
         """Cluster counts, capacity, load, balance and the last reconcile pass."""
-        return await self.request("GET", "/v1/status")
+        return await self._object("GET", "/v1/status")
 
     async def events(
         self,
@@ -200,7 +210,7 @@ class AdminClient:
         params = _params(since=since, limit=limit, stream=stream, before=before)
         if newest:
             params["newest"] = "true"
-        return await self.request("GET", "/v1/events", params=params)
+        return await self._object("GET", "/v1/events", params=params)
 
 
 def _params(**values: Any) -> dict[str, Any]:

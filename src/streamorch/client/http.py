@@ -171,7 +171,8 @@ class Connection:
 
 
 def _api_error(response: httpx.Response) -> errors.APIError:
-    code, message, details = f"http_{response.status_code}", response.text[:500], {}
+    code, message = f"http_{response.status_code}", response.text[:500]
+    details: dict[str, Any] = {}
     try:
         body = response.json()
     except ValueError:

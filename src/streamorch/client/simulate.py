@@ -30,7 +30,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -401,19 +401,19 @@ class Simulation:
         await asyncio.gather(*(w.sdk.stop() for w in self.workers.values()))
         gate = asyncio.Semaphore(16)
 
-        async def remove(call: Callable[[], Any]) -> None:
+        async def remove(call: Awaitable[None]) -> None:
             async with gate:
                 with contextlib.suppress(Exception):
-                    await call()
+                    await call
 
         workers = {w["name"]: w["worker_id"] for w in await admin.list_workers()}
         await asyncio.gather(
             *(
-                remove(lambda wid=wid: admin.remove_worker(wid, force=True))
+                remove(admin.remove_worker(wid, force=True))
                 for name, wid in workers.items()
                 if name.startswith(self.prefix)
             ),
-            *(remove(lambda k=k: admin.delete_stream(k)) for k in self.keys),
+            *(remove(admin.delete_stream(k)) for k in self.keys),
         )
 
 

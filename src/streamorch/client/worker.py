@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import random
-import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
@@ -47,13 +45,18 @@ from typing import Any
 
 import httpx
 
-from streamorch.client import errors
+from streamorch.client import errors, lease, membership
+from streamorch.client.converge import Callback, Converger
 from streamorch.client.http import Connection
 from streamorch.client.models import Assignment, Desired, Registration
+from streamorch.client.options import check_worker_options, quiet_request_logs
+from streamorch.client.signals import SignalHandlers
+from streamorch.client.tasks import cancel_all, unless_set, wait_event
 
 log = logging.getLogger(__name__)
 
-Callback = Callable[[Assignment], Awaitable[None] | None]
+__all__ = ["AsyncWorker", "Callback", "MetricsSource", "check_worker_options"]
+
 MetricsSource = Callable[[], Mapping[str, Any]]
 
 
@@ -134,8 +137,6 @@ class AsyncWorker:
         self.max_backoff = max_backoff
         self.drain_timeout = drain_timeout
         self._fence_margin = fence_margin
-        self._on_assign = on_assign
-        self._on_revoke = on_revoke
         self._metrics = metrics
         if not log_requests:
             quiet_request_logs()
@@ -151,7 +152,6 @@ class AsyncWorker:
         self.registration: Registration | None = None
         self.heartbeat_interval = 2.0
         self.lease_ttl = 10.0
-        self.version = -1  # the version the running set reflects (applied)
         self.draining = False
         self.fenced = False
         # Set by shutdown(): True when every stream moved away before the worker left;
@@ -165,22 +165,13 @@ class AsyncWorker:
         self.fences = 0
         self.conflicts = 0
         self.heartbeats = 0
-        self.callback_errors = 0
 
         self._epoch = 0  # grows with each registration: older answers are dropped
         self._offered = -1  # the highest version handed to converge
-        self._target: dict[str, Assignment] = {}
         self._granted: set[str] = set()  # the server's newest set, before any filtering
-        self._target_version = -1
-        self._target_seq = 0
-        self._running: dict[str, Assignment] = {}
-        self._starting: set[str] = set()
-        self._stopping: set[str] = set()
         self._last_renewal: float | None = None  # monotonic send time of the last renewal
-        self._dirty = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._wake_heartbeat = asyncio.Event()
+        self._conv = Converger(on_assign, on_revoke, on_stopped=self._wake_heartbeat.set)
         self._registered = asyncio.Event()  # set by the first registration
         self._shutdown_requested = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -189,8 +180,11 @@ class AsyncWorker:
         self._failed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._converger: asyncio.Task[None] | None = None
-        self._signals: list[signal.Signals] = []
+        self._signals = SignalHandlers()
         self._closed = False
+        # Seams for tests: the lease clock (monotonic seconds) and the jitter source.
+        self._clock: Callable[[], float] = time.monotonic
+        self._random: Callable[[], float] = random.random
 
     # -- what the worker runs ---------------------------------------------------------
     @property
@@ -204,6 +198,16 @@ class AsyncWorker:
         return self.registration.incarnation if self.registration else None
 
     @property
+    def version(self) -> int:
+        """The desired-set version the running streams reflect (-1 before the first)."""
+        return self._conv.version
+
+    @property
+    def callback_errors(self) -> int:
+        """How many `on_assign` / `on_revoke` calls raised."""
+        return self._conv.callback_errors
+
+    @property
     def running(self) -> dict[str, Assignment]:
         """Streams whose `on_assign` returned and whose `on_revoke` has not been called.
 
@@ -211,12 +215,12 @@ class AsyncWorker:
         from the first `on_assign`) when writing downstream, since a re-registration
         grants kept streams again with higher tokens.
         """
-        return dict(self._running)
+        return dict(self._conv.running)
 
     @property
     def desired(self) -> dict[str, Assignment]:
         """The newest desired set handed to the callbacks (empty while fenced)."""
-        return dict(self._target)
+        return dict(self._conv.target)
 
     @property
     def fence_margin(self) -> float:
@@ -237,7 +241,7 @@ class AsyncWorker:
 
     def reported(self) -> list[str]:
         """What a heartbeat reports as running: started, starting or stopping."""
-        return sorted(set(self._running) | self._starting | self._stopping)
+        return self._conv.reported()
 
     # -- life cycle -------------------------------------------------------------------
     async def __aenter__(self) -> AsyncWorker:
@@ -255,7 +259,7 @@ class AsyncWorker:
         """
         if self._tasks:
             return
-        self._converger = asyncio.create_task(self._converge_loop(), name=f"{self.name}-converge")
+        self._converger = asyncio.create_task(self._conv.run(), name=f"{self.name}-converge")
         try:
             await self._register()
         except BaseException:
@@ -333,31 +337,14 @@ class AsyncWorker:
         already on its way out. A program that goes on after `run()` (or starts child
         processes then, which would inherit that) calls `restore_signal_handlers()`.
         """
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_shutdown)
-            self._signals.append(sig)
+        self._signals.install(self.request_shutdown)
 
     def restore_signal_handlers(self) -> None:
         """Give SIGTERM and SIGINT their default behaviour back."""
-        self._retire_signal_handlers()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._signals.restore()
 
     def _retire_signal_handlers(self) -> None:
-        # Removed from the loop first: closing the loop would otherwise reset them to
-        # the defaults, and a late second SIGTERM would kill the process with 143.
-        signals, self._signals = self._signals, []
-        if not signals:
-            return
-        with contextlib.suppress(RuntimeError):  # no running loop any more
-            loop = asyncio.get_running_loop()
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-        for sig in signals:
-            # SIG_IGN, not a Python function: the interpreter resets those to the
-            # defaults while it shuts down, which is exactly when a late signal arrives.
-            signal.signal(sig, signal.SIG_IGN)
+        self._signals.retire()
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Drain, wait until every stream moved away, stop the rest, deregister, close.
@@ -375,12 +362,12 @@ class AsyncWorker:
         self.draining = True
         deadline = time.monotonic() + limit
         log.info("draining", extra={"action": "drain", "worker": self.name})
-        await self._unless_hurried(self._ask_drain())
+        await unless_set(self._hurry, self._ask_drain())
         self._wake_heartbeat.set()
         while self._holds_streams() and time.monotonic() < deadline:
             if self._hurry.is_set():
                 break
-            await _wait_event(self._hurry, 0.05)
+            await wait_event(self._hurry, 0.05)
         self.drained = not self._holds_streams()
         if not self.drained:
             self.interrupted = self._hurry.is_set()
@@ -390,7 +377,7 @@ class AsyncWorker:
                 extra={"action": "drain_incomplete", "worker": self.name, "left": self.reported()},
             )
         await self._cancel_network()
-        await self._converge_to({}, self.version)
+        await self._conv.converge_to({}, self.version)
         with contextlib.suppress(errors.ClientError):
             await self._heartbeat_once()  # report the empty set: moves finish on it
         await self._deregister(deadline)
@@ -400,7 +387,7 @@ class AsyncWorker:
         """Something runs here, or the server still grants this worker a stream (one
         that arrived as the drain began is never started, but must still move away).
         While fenced the server's view is unknown: only what runs counts then."""
-        return bool(self._target or self.reported() or (self._granted and not self.fenced))
+        return bool(self._conv.target or self.reported() or (self._granted and not self.fenced))
 
     async def stop(self) -> None:
         """Stop every stream now and close, without telling the server (a crash stop)."""
@@ -409,7 +396,7 @@ class AsyncWorker:
         self._leaving = True
         await self._cancel_network()
         if self._converger is not None and not self._converger.done():
-            await self._converge_to({}, self.version)
+            await self._conv.converge_to({}, self.version)
             self._converger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._converger
@@ -420,20 +407,9 @@ class AsyncWorker:
         with contextlib.suppress(errors.ClientError):
             await self._conn.request("POST", f"/v1/workers/{self.worker_id}/drain")
 
-    async def _unless_hurried(self, work: Awaitable[None]) -> None:
-        """Run `work`, abandoning it when a second shutdown request arrives."""
-        task = asyncio.ensure_future(work)
-        hurry = asyncio.create_task(self._hurry.wait())
-        try:
-            await asyncio.wait({task, hurry}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            hurry.cancel()
-            if not task.done():
-                await _cancel_all([task])
-
     async def _cancel_network(self) -> None:
         tasks, self._tasks = self._tasks, []
-        await _cancel_all(tasks)
+        await cancel_all(tasks)
 
     async def _guard(self, loop: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -453,49 +429,31 @@ class AsyncWorker:
             "labels": self.labels,
             "address": self.address,
         }
-        attempt = 0
-        while True:
-            sent = time.monotonic()
-            try:
-                data = await self._conn.request("POST", "/v1/workers/register", json=body)
-            except errors.TransportError as exc:
-                if "WRONG_VERSION_NUMBER" in str(exc.__cause__ or ""):
-                    # A plain-HTTP server answered a TLS handshake: no retry can fix that.
-                    raise errors.TransportError(
-                        f"{self.server} does not speak HTTPS: use http:// "
-                        "(unless a proxy in front of the orchestrator terminates TLS)"
-                    ) from exc
-                log.warning("cannot register: %s", exc, extra={"action": "register_retry"})
-            except errors.APIError as exc:
-                if not (exc.retryable or exc.name_in_use):
-                    raise _registration_refused(exc, self.server) from None
-                log.warning("cannot register: %s", exc, extra={"action": "register_retry"})
-            else:
-                self._epoch += 1
-                self._conn.remember_secret(data.get("secret"))
-                self.registration = Registration.from_json(data)
-                self.heartbeat_interval = self.registration.heartbeat_interval_s
-                self.lease_ttl = self.registration.lease_ttl_s
-                self.registrations += 1
-                self.version = -1
-                self._offered = -1
-                self._granted = set()
-                self._last_renewal = sent
-                self.fenced = False
-                self._registered.set()
-                log.info(
-                    "registered",
-                    extra={
-                        "action": "registered",
-                        "worker": self.name,
-                        "worker_id": self.worker_id,
-                        "incarnation": self.incarnation,
-                    },
-                )
-                self._wake_heartbeat.set()
-                return
-            attempt += 1
-            await asyncio.sleep(self._backoff(attempt))
+        sent, data = await membership.register(
+            self._conn, body, clock=self._clock, backoff=self._backoff
+        )
+        self._epoch += 1
+        self._conn.remember_secret(data.get("secret"))
+        self.registration = Registration.from_json(data)
+        self.heartbeat_interval = self.registration.heartbeat_interval_s
+        self.lease_ttl = self.registration.lease_ttl_s
+        self.registrations += 1
+        self._conv.version = -1
+        self._offered = -1
+        self._granted = set()
+        self._last_renewal = sent
+        self.fenced = False
+        self._registered.set()
+        log.info(
+            "registered",
+            extra={
+                "action": "registered",
+                "worker": self.name,
+                "worker_id": self.worker_id,
+                "incarnation": self.incarnation,
+            },
+        )
+        self._wake_heartbeat.set()
 
     async def _reregister(self, exc: errors.APIError) -> None:
         """409 or 404: stop everything first (another worker may own it now), then join."""
@@ -505,47 +463,24 @@ class AsyncWorker:
             extra={"action": "reregister", "worker": self.name, "code": exc.code},
         )
         self._epoch += 1  # answers in flight belong to the old registration
-        await self._converge_to({}, -1)
+        await self._conv.converge_to({}, -1)
         await self._register()
 
     async def _deregister(self, deadline: float) -> None:
-        """Leave the fleet; waits (until `deadline`) for the last moves to finish.
-
-        When no server answers it gives up at once: nothing runs here any more, and
-        the lease ends by itself.
-        """
-        path = f"/v1/workers/{self.worker_id}"
-        while True:
-            force = time.monotonic() >= deadline or self._hurry.is_set()
-            try:
-                await self._conn.request("DELETE", path, params={"force": str(force).lower()})
-            except errors.APIError as exc:
-                if exc.status == 404:
-                    return
-                if force or (exc.code != "worker_owns_streams" and not exc.retryable):
-                    log.warning("cannot deregister: %s", exc, extra={"action": "deregister"})
-                    return
-            except errors.TransportError as exc:
-                log.warning(
-                    "cannot deregister (the lease will expire instead): %s",
-                    exc,
-                    extra={"action": "deregister"},
-                )
-                return
-            else:
-                log.info("deregistered", extra={"action": "deregistered", "worker": self.name})
-                return
-            await asyncio.sleep(0.1)
+        """Leave the fleet; waits (until `deadline`) for the last moves to finish."""
+        if await membership.deregister(
+            self._conn, self.worker_id, deadline=deadline, hurry=self._hurry
+        ):
+            log.info("deregistered", extra={"action": "deregistered", "worker": self.name})
 
     # -- heartbeats -------------------------------------------------------------------
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with full jitter on the upper half."""
-        cap = min(self.max_backoff, 0.05 * 2 ** min(attempt, 16))
-        return cap / 2 + random.random() * cap / 2  # noqa: S311 - jitter, not secrecy
+        return lease.backoff(attempt, self.max_backoff, self._random)
 
     def _body(self) -> dict[str, Any]:
         metrics: dict[str, Any] = {
-            "running": len(self._running),
+            "running": len(self._conv.running),
             "fences": self.fences,
             "registrations": self.registrations,
             "callback_errors": self.callback_errors,
@@ -567,7 +502,7 @@ class AsyncWorker:
         """One heartbeat; applies its answer. Raises `ClientError` when it failed."""
         epoch = self._epoch
         body = self._body()
-        sent = time.monotonic()
+        sent = self._clock()
         data = await self._conn.request(
             "POST", f"/v1/workers/{self.worker_id}/heartbeat", json=body
         )
@@ -575,7 +510,7 @@ class AsyncWorker:
             return
         self.heartbeats += 1
         self._last_renewal = max(sent, self._last_renewal or sent)
-        if self.fenced and time.monotonic() < sent + self.lease_ttl - self.fence_margin:
+        if self.fenced and self._clock() < lease.fence_at(sent, self.lease_ttl, self.fence_margin):
             log.info("lease renewed again", extra={"action": "unfenced", "worker": self.name})
             self.fenced = False
         desired = Desired.from_json(data)
@@ -604,9 +539,9 @@ class AsyncWorker:
             if failures:
                 delay = min(self._backoff(failures), self.heartbeat_interval)
             else:
-                spread = 1 + self.jitter * (2 * random.random() - 1)  # noqa: S311
+                spread = 1 + self.jitter * (2 * self._random() - 1)
                 delay = self.heartbeat_interval * spread
-            await _wait_event(self._wake_heartbeat, delay)
+            await wait_event(self._wake_heartbeat, delay)
 
     async def _long_poll_loop(self) -> None:
         failures = 0
@@ -644,14 +579,14 @@ class AsyncWorker:
             renewed = self._last_renewal
             if self.fenced or renewed is None:
                 continue
-            if time.monotonic() >= renewed + self.lease_ttl - self.fence_margin:
+            if self._clock() >= lease.fence_at(renewed, self.lease_ttl, self.fence_margin):
                 self.fenced = True
                 self.fences += 1
                 log.warning(
                     "lease not renewed in time: stopping every stream (self-fencing)",
                     extra={"action": "self_fenced", "worker": self.name},
                 )
-                self._set_target({}, self.version)
+                self._conv.set_target({}, self.version)
 
     # -- converging -------------------------------------------------------------------
     def _offer(self, desired: Desired, epoch: int) -> bool:
@@ -668,144 +603,6 @@ class AsyncWorker:
         self._granted = set(desired.assignments)
         assignments = desired.assignments
         if self._leaving:  # shutting down: take streams away, never add or restart one
-            assignments = {k: a for k, a in assignments.items() if k in self._target}
-        self._set_target(assignments, desired.version)
+            assignments = {k: a for k, a in assignments.items() if k in self._conv.target}
+        self._conv.set_target(assignments, desired.version)
         return True
-
-    def _set_target(self, target: dict[str, Assignment], version: int) -> None:
-        self._target = dict(target)
-        self._target_version = version
-        self._target_seq += 1
-        self._idle.clear()
-        self._dirty.set()
-
-    async def _converge_to(self, target: dict[str, Assignment], version: int) -> None:
-        self._set_target(target, version)
-        await self._idle.wait()
-
-    async def _converge_loop(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            seq, target, version = self._target_seq, self._target, self._target_version
-            stops = [a for key, a in self._running.items() if key not in target]
-            for key, assignment in target.items():
-                if key in self._running:
-                    self._running[key] = assignment  # a new token for a kept stream
-            if stops:
-                self._stopping.update(a.stream for a in stops)
-                await asyncio.gather(*(self._call_revoke(a) for a in stops))
-                self._wake_heartbeat.set()  # moves finish on the stop report
-            if seq != self._target_seq:
-                continue  # a newer set arrived meanwhile: start from it
-            starts = [a for key, a in target.items() if key not in self._running]
-            if starts:
-                self._starting.update(a.stream for a in starts)
-                await asyncio.gather(*(self._call_assign(a) for a in starts))
-            if seq == self._target_seq:
-                self.version = version
-                self._idle.set()
-
-    async def _call_assign(self, assignment: Assignment) -> None:
-        try:
-            await _call(self._on_assign, assignment)
-        except Exception:
-            self.callback_errors += 1
-            log.exception(
-                "on_assign failed; retried with the next answer",
-                extra={"action": "assign_failed", "stream": assignment.stream},
-            )
-        else:
-            self._running[assignment.stream] = assignment
-            log.info(
-                "started %s",
-                assignment.stream,
-                extra={"action": "started", "stream": assignment.stream, "token": assignment.token},
-            )
-        finally:
-            self._starting.discard(assignment.stream)
-
-    async def _call_revoke(self, assignment: Assignment) -> None:
-        try:
-            await _call(self._on_revoke, assignment)
-        except Exception:
-            self.callback_errors += 1
-            log.exception(
-                "on_revoke failed; the stream is taken as stopped",
-                extra={"action": "revoke_failed", "stream": assignment.stream},
-            )
-        else:
-            log.info(
-                "stopped %s",
-                assignment.stream,
-                extra={"action": "stopped", "stream": assignment.stream, "token": assignment.token},
-            )
-        finally:
-            self._running.pop(assignment.stream, None)
-            self._stopping.discard(assignment.stream)
-
-
-def check_worker_options(name: str, capacity: int, on_assign: object, on_revoke: object) -> None:
-    """Raise `TypeError`/`ValueError` for options that can never work."""
-    for what, callback in (("on_assign", on_assign), ("on_revoke", on_revoke)):
-        if not callable(callback):
-            raise TypeError(f"{what} must be a function or coroutine function, not {callback!r}")
-    if not name:
-        raise ValueError("name must be a non-empty string (unique in the fleet)")
-    if capacity < 1:
-        raise ValueError(f"capacity must be at least 1, not {capacity}")
-
-
-def quiet_request_logs() -> None:
-    """Keep httpx's one line per request out of the logs, unless its level was set."""
-    httpx_log = logging.getLogger("httpx")
-    if httpx_log.level == logging.NOTSET:
-        httpx_log.setLevel(logging.WARNING)
-
-
-async def _wait_event(event: asyncio.Event, timeout: float) -> None:
-    """Wait until `event` is set or `timeout` passed.
-
-    Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that arrives
-    as the event is set, and the task it runs in can then never be cancelled.
-    """
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            await event.wait()
-
-
-async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel `tasks` and wait until each ended, cancelling again any that went on."""
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("task %s ended with %r", task.get_name(), task.exception())
-
-
-def _registration_refused(exc: errors.APIError, server: str) -> errors.APIError:
-    """The server's refusal, with what to change for the causes one can fix."""
-    if exc.status == 404:
-        hint = (
-            f"{server} answered 404 to POST /v1/workers/register: it is not the "
-            "orchestrator's base URL (use http://HOST:PORT, without a path such as /v1)"
-        )
-    elif exc.status in (401, 403):
-        hint = (
-            f"{exc.message} — pass the worker token (or the admin token) as token= "
-            "(`streamorch worker --token` / STREAMORCH_WORKER_TOKEN)"
-        )
-    else:
-        return exc
-    refused = errors.APIError(exc.status, exc.code, hint, exc.details)
-    refused.__cause__ = exc
-    return refused
-
-
-async def _call(callback: Callback, assignment: Assignment) -> None:
-    result = callback(assignment)
-    if inspect.isawaitable(result):
-        await result
