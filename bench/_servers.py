@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the process helpers are shared with the end-to-end tests
 from tests.e2e.harness import clean_env, free_port, kill_processes_mentioning  # noqa: E402
 
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey  # noqa: E402
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey  # noqa: E402
 
 DATABASE = "streamorch_bench"
 READY_TIMEOUT_S = 60.0

@@ -17,10 +17,10 @@ import anyio
 import psycopg
 import pytest
 
+from streamorch.backing import waits
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres
+from streamorch.backing.endpoints import PostgresTarget, postgres_target
 from streamorch.config import load_settings
-from streamorch.services import waits
-from streamorch.services.embedded import DataDir, EmbeddedPostgres
-from streamorch.services.endpoints import PostgresTarget, postgres_target
 from tests.e2e.harness import Launcher, free_port, processes_mentioning, wait_until_gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from streamorch.core import health
-from streamorch.core.modules import ModuleStatus
 from streamorch.core.reconciler import ReconcilerStats
+from streamorch.ops import health
+from streamorch.ops.modules import ModuleStatus
 
 READY = health.ok(1.0, {})
 DOWN = health.failed(health.not_started("x"))

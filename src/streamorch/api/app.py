@@ -15,14 +15,14 @@ from fastapi import FastAPI
 
 from streamorch import __version__
 from streamorch.api.metrics import Metrics
+from streamorch.backing import endpoints
+from streamorch.backing.endpoints import RedisTarget
 from streamorch.config import Settings
-from streamorch.core.health import ServiceMonitor, start_monitors, stop_monitors
-from streamorch.core.modules import ModuleStatus, load_optional
 from streamorch.core.service import Orchestrator
-from streamorch.core.startup import StartupReport
 from streamorch.domain.errors import ServiceError
-from streamorch.services import endpoints
-from streamorch.services.endpoints import RedisTarget
+from streamorch.ops.health import ServiceMonitor, start_monitors, stop_monitors
+from streamorch.ops.modules import ModuleStatus, load_optional
+from streamorch.ops.startup import StartupReport
 from streamorch.store.database import DatabaseManager
 
 log = logging.getLogger(__name__)

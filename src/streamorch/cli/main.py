@@ -44,9 +44,9 @@ app.command("simulate")(simulate_cli.simulate)
 def load(*, log: bool = True) -> Settings:
     """Settings from the environment; exits 10 listing every problem."""
     from streamorch.config import load_settings
-    from streamorch.core.startup import ExitCode
     from streamorch.domain.errors import ConfigurationError
     from streamorch.logs import configure_logging
+    from streamorch.ops.startup import ExitCode
 
     try:
         settings = load_settings()
@@ -80,7 +80,7 @@ def serve(
     ),
 ) -> None:
     """Run the start-up sequence, then serve the API until SIGTERM/SIGINT."""
-    from streamorch.core.serve import serve as run
+    from streamorch.server.serve import serve as run
 
     raise typer.Exit(run(load(), keep_services=keep_services))
 
@@ -92,8 +92,8 @@ def startup() -> None:
     Embedded services are left running. Useful as an init container or before
     `serve` in scripts that sequence phases themselves.
     """
-    from streamorch.core.startup import EmbeddedServices, run_startup
     from streamorch.domain.errors import StartupError
+    from streamorch.ops.startup import EmbeddedServices, run_startup
 
     settings = load()
     try:
@@ -107,9 +107,9 @@ def migrate() -> None:
     """Apply pending database migrations (safe to run from several replicas at once)."""
     import psycopg
 
-    from streamorch.core.startup import ExitCode
+    from streamorch.backing import endpoints
     from streamorch.domain.errors import StreamorchError
-    from streamorch.services import endpoints
+    from streamorch.ops.startup import ExitCode
     from streamorch.store import migrations
 
     settings = load()
@@ -140,9 +140,9 @@ def wait_postgres(
     timeout: float = typer.Option(None, help="Seconds; default POSTGRES_STARTUP_TIMEOUT."),
 ) -> None:
     """Wait until PostgreSQL accepts connections and answers SELECT 1."""
-    from streamorch.core.startup import ExitCode
+    from streamorch.backing import endpoints, waits
     from streamorch.domain.errors import ServiceError
-    from streamorch.services import endpoints, waits
+    from streamorch.ops.startup import ExitCode
 
     settings = load()
     try:
@@ -164,9 +164,9 @@ def wait_redis(
     timeout: float = typer.Option(None, help="Seconds; default REDIS_STARTUP_TIMEOUT."),
 ) -> None:
     """Wait until Redis answers PING."""
-    from streamorch.core.startup import ExitCode
+    from streamorch.backing import endpoints, waits
     from streamorch.domain.errors import ServiceError
-    from streamorch.services import endpoints, waits
+    from streamorch.ops.startup import ExitCode
 
     settings = load()
     try:
@@ -186,8 +186,8 @@ def wait_redis(
 @app.command()
 def verify() -> None:
     """Check PostgreSQL, the schema version and Redis once; exit non-zero on a problem."""
-    from streamorch.core.startup import ExitCode, verify_services
     from streamorch.domain.errors import StreamorchError
+    from streamorch.ops.startup import ExitCode, verify_services
 
     settings = load()
     try:

@@ -24,11 +24,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from streamorch.backing import diagnose
+from streamorch.backing.endpoints import PostgresTarget
+from streamorch.backing.waits import ProbeResult, probe_postgres
 from streamorch.config import Settings
 from streamorch.domain.errors import ServiceError, StoreError
-from streamorch.services import diagnose
-from streamorch.services.endpoints import PostgresTarget
-from streamorch.services.waits import ProbeResult, probe_postgres
 from streamorch.store import migrations
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from streamorch.api import deps, metrics
 from streamorch.api.app import Runtime
 from streamorch.config import check_consistency
-from streamorch.core import health
+from streamorch.ops import health
 from streamorch.store import migrations
 
 router = APIRouter(tags=["health"])

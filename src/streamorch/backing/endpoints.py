@@ -11,10 +11,10 @@ from urllib.parse import quote, urlsplit
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 from streamorch.config import Settings
 from streamorch.domain.errors import ServiceError
 from streamorch.domain.problems import Problem
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 
 
 @dataclass(frozen=True)

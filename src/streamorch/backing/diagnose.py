@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import redis.exceptions
 
+from streamorch.backing.endpoints import PostgresTarget, RedisTarget
 from streamorch.domain.problems import Problem
-from streamorch.services.endpoints import PostgresTarget, RedisTarget
 
 # Problems that waiting will not fix: report them at once instead of retrying.
 PERMANENT = {

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamorch.config import Settings
-from streamorch.core.startup import ExitCode
 from streamorch.domain.errors import StartupError
 from streamorch.domain.problems import Problem
+from streamorch.ops.startup import ExitCode
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ServerProcesses:
                 [
                     sys.executable,
                     "-m",
-                    "streamorch.core.processes",
+                    "streamorch.server.processes",
                     str(self.sock.fileno()),
                     str(ready_w),
                     str(index),
@@ -189,8 +189,8 @@ def _child(fd: int, ready_fd: int, index: int) -> int:
 
     from streamorch.api.app import create_app
     from streamorch.config import load_settings
-    from streamorch.core.serve import _loop_factory, _release_long_polls
     from streamorch.logs import configure_logging
+    from streamorch.server.serve import _loop_factory, _release_long_polls
 
     settings = load_settings()  # the parent validated the same environment
     configure_logging(settings.log_level, settings.log_format)

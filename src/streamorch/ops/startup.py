@@ -8,7 +8,7 @@
                  only degrades the server
     5 migrate    apply migrations under an advisory lock
     6 verify     check both services once more, and the schema version
-    7 serve      bind the port and start the app (see core/serve.py)
+    7 serve      bind the port and start the app (see server/serve.py)
 
 The whole sequence is bounded by APP_STARTUP_TIMEOUT. A failing phase raises
 `StartupError` carrying the phase, its exit code and the problem with a fix.
@@ -26,11 +26,11 @@ from enum import IntEnum
 
 import psycopg
 
+from streamorch.backing import endpoints, provision, waits
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 from streamorch.config import Settings
 from streamorch.domain.errors import ServiceError, StartupError, StreamorchError
 from streamorch.domain.problems import Problem
-from streamorch.services import endpoints, provision, waits
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 from streamorch.store import migrations
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from streamorch.backing import diagnose
+from streamorch.backing.endpoints import PostgresTarget, RedisTarget
 from streamorch.domain.errors import ServiceUnavailable
 from streamorch.domain.problems import Problem
-from streamorch.services import diagnose
-from streamorch.services.endpoints import PostgresTarget, RedisTarget
 
 log = logging.getLogger(__name__)
 

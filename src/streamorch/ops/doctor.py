@@ -37,13 +37,13 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
+from streamorch.backing import diagnose, endpoints, waits
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
+from streamorch.backing.endpoints import PostgresTarget, RedisTarget
 from streamorch.config import Settings, check_consistency, load_settings
-from streamorch.core.startup import ExitCode
 from streamorch.domain.errors import ConfigurationError, EmbeddedServiceError, ServiceError
 from streamorch.domain.problems import Problem
-from streamorch.services import diagnose, endpoints, waits
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
-from streamorch.services.endpoints import PostgresTarget, RedisTarget
+from streamorch.ops.startup import ExitCode
 from streamorch.store import migrations
 
 PROBE_TIMEOUT_S = 3.0

@@ -5,7 +5,7 @@ after which the embedded servers this process owns are stopped, PostgreSQL last.
 The process exits 0 on such a requested stop, or with the failing phase's code.
 
 With embedded servers, the data directory belongs to one process at a time
-(services/instance.py): a second start on it refuses before doing anything, and a
+(backing/instance.py): a second start on it refuses before doing anything, and a
 process only ever stops the servers it started (or took over from a dead instance).
 """
 
@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from streamorch.backing.instance import AlreadyRunning, InstanceLock
 from streamorch.config import Settings
-from streamorch.core.startup import EmbeddedServices, ExitCode, StartupReport, run_startup
 from streamorch.domain.errors import StartupError
 from streamorch.domain.problems import Problem
-from streamorch.services.instance import AlreadyRunning, InstanceLock
+from streamorch.ops.exposure import OPEN_API_FIX, exposed, open_api_warning
+from streamorch.ops.startup import EmbeddedServices, ExitCode, StartupReport, run_startup
 
 log = logging.getLogger(__name__)
 
@@ -125,30 +126,6 @@ def warn_if_exposed(settings: Settings) -> bool:
         extra={"action": "auth_disabled_on_network", "fix": OPEN_API_FIX},
     )
     return True
-
-
-def exposed(settings: Settings) -> bool:
-    """Reachable from other machines (not bound to loopback) without any token."""
-    import ipaddress
-
-    host = settings.orchestrator_host
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    return not (loopback or settings.admin_token is not None or settings.worker_token is not None)
-
-
-OPEN_API_FIX = "set STREAMORCH_ADMIN_TOKEN and STREAMORCH_WORKER_TOKEN, or bind to 127.0.0.1"
-
-
-def open_api_warning(settings: Settings) -> str:
-    """The warning about an API without tokens (the log's, also shown by the dashboard)."""
-    return (
-        f"THE API IS OPEN: listening on {settings.orchestrator_host} without "
-        "STREAMORCH_ADMIN_TOKEN or STREAMORCH_WORKER_TOKEN — anyone who can reach this port "
-        "can change the catalog and the fleet"
-    )
 
 
 def bind_socket(settings: Settings) -> socket.socket:
@@ -261,7 +238,7 @@ async def _serve_processes(settings: Settings, sock: socket.socket, began: float
     A raising signal handler cannot unwind an event loop that waits in uvloop (it only logs
     the exception), so while supervising, SIGTERM/SIGINT set an event instead.
     """
-    from streamorch.core.processes import ServerProcesses
+    from streamorch.server.processes import ServerProcesses
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -11,11 +11,11 @@ import logging
 import psycopg
 from psycopg import sql
 
+from streamorch.backing import diagnose
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres
+from streamorch.backing.endpoints import PostgresTarget, app_password
 from streamorch.config import Settings
 from streamorch.domain.errors import ServiceError
-from streamorch.services import diagnose
-from streamorch.services.embedded import DataDir, EmbeddedPostgres
-from streamorch.services.endpoints import PostgresTarget, app_password
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ import psycopg
 import redis.asyncio as aioredis
 
 from streamorch import __version__
-from streamorch.core.modules import ModuleStatus
+from streamorch.backing import diagnose
+from streamorch.backing.endpoints import RedisTarget
 from streamorch.domain.errors import StoreError
 from streamorch.domain.problems import Problem
-from streamorch.services import diagnose
-from streamorch.services.endpoints import RedisTarget
+from streamorch.ops.modules import ModuleStatus
 from streamorch.store import migrations
 from streamorch.store.database import DatabaseManager
 
