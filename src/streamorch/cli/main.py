@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING
 
 import typer
 
@@ -17,9 +16,7 @@ from streamorch.cli import doctor as doctor_cli
 from streamorch.cli import services as services_cli
 from streamorch.cli import simulate as simulate_cli
 from streamorch.cli import worker as worker_cli
-
-if TYPE_CHECKING:
-    from streamorch.config import Settings
+from streamorch.cli.common import fail, load
 
 app = typer.Typer(
     name="streamorch",
@@ -39,35 +36,6 @@ app.command("doctor")(doctor_cli.doctor)
 admin_cli.register(app)  # streams …, workers …, status, events
 app.command("worker")(worker_cli.worker)
 app.command("simulate")(simulate_cli.simulate)
-
-
-def load(*, log: bool = True) -> Settings:
-    """Settings from the environment; exits 10 listing every problem."""
-    from streamorch.config import load_settings
-    from streamorch.domain.errors import ConfigurationError
-    from streamorch.logs import configure_logging
-    from streamorch.ops.startup import ExitCode
-
-    try:
-        settings = load_settings()
-    except ConfigurationError as exc:
-        configure_logging()
-        typer.echo(f"configuration invalid ({len(exc.problems)} problem(s)):", err=True)
-        for problem in exc.problems:
-            typer.echo(f"  - {problem.message}\n    fix: {problem.fix}", err=True)
-        raise typer.Exit(int(ExitCode.CONFIG)) from None
-    if log:
-        configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-def fail(exc: Exception, code: int) -> typer.Exit:
-    problem = getattr(exc, "problem", None)
-    if problem is not None:
-        typer.echo(f"error: {problem.message}\n  fix: {problem.fix}", err=True)
-    else:
-        typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(code)
 
 
 @app.command()

@@ -13,7 +13,7 @@ app = typer.Typer(help="Manage the embedded PostgreSQL and Valkey servers.", no_
 def start() -> None:
     """Start the embedded servers this configuration needs, and create role and database."""
     from streamorch.backing import provision
-    from streamorch.cli.main import fail, load
+    from streamorch.cli.common import fail, load
     from streamorch.domain.errors import StreamorchError
     from streamorch.ops.startup import EmbeddedServices, ExitCode
 
@@ -35,7 +35,7 @@ def start() -> None:
 def stop() -> None:
     """Stop the embedded servers."""
     from streamorch.backing.instance import InstanceLock
-    from streamorch.cli.main import load
+    from streamorch.cli.common import load
     from streamorch.ops.startup import EmbeddedServices
 
     settings = load()
@@ -56,7 +56,7 @@ def stop() -> None:
 @app.command()
 def status() -> None:
     """Show whether the embedded servers run, and where. Exit 1 if one is down."""
-    from streamorch.cli.main import load
+    from streamorch.cli.common import load
     from streamorch.ops.startup import EmbeddedServices
 
     settings = load(log=False)

@@ -16,7 +16,6 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
 from types import FrameType
 
 from streamorch.backing.instance import AlreadyRunning, InstanceLock
@@ -25,6 +24,7 @@ from streamorch.domain.errors import StartupError
 from streamorch.domain.problems import Problem
 from streamorch.ops.exposure import OPEN_API_FIX, exposed, open_api_warning
 from streamorch.ops.startup import EmbeddedServices, ExitCode, StartupReport, run_startup
+from streamorch.server.loop import loop_factory, release_long_polls
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,6 @@ class StopRequested(BaseException):
 
 def _request_stop(signum: int, frame: FrameType | None) -> None:
     raise StopRequested(signal.Signals(signum).name)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when it is installed (a dependency on Linux): cheaper I/O per request."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def serve(settings: Settings, *, keep_services: bool = False) -> int:
@@ -58,7 +49,7 @@ def serve(settings: Settings, *, keep_services: bool = False) -> int:
             return _refuse_second_start(exc)
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(_serve(settings, services, began, instance))
     except StopRequested as stop:
         log.info("stop requested (%s); shutting down", stop, extra={"action": "stop_requested"})
@@ -154,12 +145,6 @@ def bind_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-def _release_long_polls(app) -> None:
-    runtime = getattr(app.state, "runtime", None)
-    if runtime is not None and runtime.orchestrator is not None:
-        runtime.orchestrator.notifier.release_all()
-
-
 async def _serve(
     settings: Settings,
     services: EmbeddedServices,
@@ -201,7 +186,7 @@ async def _serve(
             access_log=False,
             timeout_graceful_shutdown=10,
         )
-        server = _Server(config, on_exit=lambda: _release_long_polls(app))
+        server = _Server(config, on_exit=lambda: release_long_polls(app))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not server_task.done():
             await asyncio.sleep(0.01)

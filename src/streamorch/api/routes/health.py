@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
 
 from streamorch.api import deps, metrics
-from streamorch.api.app import Runtime
 from streamorch.config import check_consistency
 from streamorch.ops import health
+from streamorch.ops.runtime import Runtime
 from streamorch.store import migrations
 
 router = APIRouter(tags=["health"])
@@ -28,10 +28,6 @@ LISTED = 100  # workers, moves and failovers listed in /health/detailed
 
 async def _nothing() -> dict[str, Any]:
     return {}
-
-
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
 
 
 async def _bounded(coro: Any, what: str) -> Any:
@@ -180,14 +176,13 @@ def _impaired(
 
 
 @router.get("/health")
-async def get_health(request: Request) -> JSONResponse:
-    body = await _report(_runtime(request))
+async def get_health(rt: deps.RuntimeDep) -> JSONResponse:
+    body = await _report(rt)
     return JSONResponse(body, status_code=503 if body["status"] == "unhealthy" else 200)
 
 
 @router.get("/ready")
-async def get_ready(request: Request) -> JSONResponse:
-    rt = _runtime(request)
+async def get_ready(rt: deps.RuntimeDep) -> JSONResponse:
     pg_monitor = rt.monitors.get("postgresql")
     # The monitor runs this same check twice a second: a success from the last second, or
     # a failure it still stands by, answers now. A live query only fills the gaps (start,
@@ -237,8 +232,7 @@ def _redis_state(rt: Runtime) -> health.Check:
 
 
 @router.get("/health/detailed", dependencies=[Depends(deps.require_diagnostics)])
-async def get_health_detailed(request: Request) -> JSONResponse:
-    rt = _runtime(request)
+async def get_health_detailed(rt: deps.RuntimeDep) -> JSONResponse:
     internals: Any = {"error": "orchestrator internals unavailable: PostgreSQL is down"}
     if _known_down(rt, "postgresql") is None:
         body, internals = await asyncio.gather(
@@ -373,8 +367,7 @@ def _advice(rt: Runtime, body: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 @router.get("/metrics", dependencies=[Depends(deps.require_diagnostics)])
-async def get_metrics(request: Request) -> Response:
-    rt = _runtime(request)
-    assert rt.metrics is not None
-    await rt.metrics.refresh(rt)
-    return Response(rt.metrics.render(), media_type=metrics.CONTENT_TYPE)
+async def get_metrics(request: Request, rt: deps.RuntimeDep) -> Response:
+    registry: metrics.Metrics = request.app.state.metrics
+    await registry.refresh(rt)
+    return Response(registry.render(), media_type=metrics.CONTENT_TYPE)
