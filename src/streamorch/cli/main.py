@@ -73,25 +73,21 @@ def startup() -> None:
 @app.command()
 def migrate() -> None:
     """Apply pending database migrations (safe to run from several replicas at once)."""
-    import psycopg
-
     from streamorch.backing import endpoints
     from streamorch.domain.errors import StreamorchError
     from streamorch.ops.startup import ExitCode
-    from streamorch.store import migrations
+    from streamorch.store import diagnostics, migrations
 
     settings = load()
 
     async def run() -> list[str]:
         target = endpoints.postgres_target(settings)
-        conn = await psycopg.AsyncConnection.connect(target.conninfo, autocommit=True)
-        async with conn:
-            applied = await migrations.migrate(conn)
+        applied = await diagnostics.migrate_at(target.conninfo)
         return [f"{m.version:04d}_{m.name}" for m in applied]
 
     try:
         applied = asyncio.run(run())
-    except (StreamorchError, psycopg.Error) as exc:
+    except StreamorchError as exc:
         raise fail(exc, int(ExitCode.MIGRATE)) from None
     typer.echo(
         f"applied {len(applied)} migration(s)"

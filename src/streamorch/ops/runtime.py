@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from streamorch.backing import endpoints
 from streamorch.backing.endpoints import RedisTarget
@@ -23,11 +23,8 @@ from streamorch.domain.errors import ServiceError
 from streamorch.ops.health import ServiceMonitor, start_monitors, stop_monitors
 from streamorch.ops.modules import ModuleStatus, load_optional
 from streamorch.ops.startup import StartupReport
-from streamorch.store.clients import connect_redis
+from streamorch.store.clients import RedisClient, connect_redis
 from streamorch.store.database import DatabaseManager
-
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +35,7 @@ class Runtime:
 
     settings: Settings
     db: DatabaseManager
-    redis: aioredis.Redis | None
+    redis: RedisClient | None
     redis_target: RedisTarget | None
     startup: StartupReport
     modules: dict[str, ModuleType | None] = field(default_factory=dict)

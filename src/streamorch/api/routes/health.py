@@ -13,13 +13,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from psycopg.rows import dict_row
 
 from streamorch.api import deps, metrics
 from streamorch.config import check_consistency
 from streamorch.ops import health
 from streamorch.ops.runtime import Runtime
-from streamorch.store import migrations
+from streamorch.store import diagnostics, migrations
 
 router = APIRouter(tags=["health"])
 
@@ -273,14 +272,8 @@ async def _internals(rt: Runtime) -> dict[str, Any]:
         return {}
     orch = rt.orchestrator
     status = await orch.status()
-    async with rt.db.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(health.query("workers_overview"), {"limit": LISTED})
-        workers = await cur.fetchall()
-        await cur.execute(health.query("moves_in_flight"), {"limit": LISTED})
-        moves = await cur.fetchall()
-        await cur.execute(health.query("last_failovers"), {"limit": 10})
-        failovers = await cur.fetchall()
+    rows = await diagnostics.internals(rt.db, LISTED)
+    workers, moves, failovers = rows.workers, rows.moves, rows.failovers
     stats = orch.reconciler.stats
     return {
         "status": status,
