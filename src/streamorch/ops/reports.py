@@ -75,7 +75,7 @@ async def _report(rt: Runtime) -> dict[str, Any]:
         _bounded(_counts(rt), "counts") if not pg_down else _nothing(),
     )
     uptime = time.monotonic() - rt.started_at
-    reconciler = (
+    reconciler: health.Check = (
         health.reconciler(
             rt.orchestrator.reconciler.stats,
             rt.settings.reconcile_interval,
@@ -317,6 +317,7 @@ async def ready_body(rt: Runtime) -> tuple[dict[str, Any], bool]:
 async def detailed_body(rt: Runtime) -> dict[str, Any]:
     """The body of `/health/detailed`: `/health`, the configuration, history and advice."""
     internals: Any = {"error": "orchestrator internals unavailable: PostgreSQL is down"}
+    body: dict[str, Any]
     if _known_down(rt, "postgresql") is None:
         body, internals = await asyncio.gather(
             _report(rt), _bounded(_internals(rt), "orchestrator internals")

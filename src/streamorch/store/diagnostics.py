@@ -33,7 +33,8 @@ class ReadOnly(StoreError):
 def query(name: str) -> str:
     text = (resources.files("streamorch.store") / "sql" / "health.sql").read_text()
     parts = _HEADER.split(text)
-    return dict(zip(parts[1::2], (b.strip() for b in parts[2::2]), strict=True))[name]
+    queries: dict[str, str] = dict(zip(parts[1::2], (b.strip() for b in parts[2::2]), strict=True))
+    return queries[name]
 
 
 def _ms(started: float) -> float:
