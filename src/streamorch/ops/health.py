@@ -62,12 +62,12 @@ def iso(value: datetime | float | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def ok(latency_ms: float | None, details: dict[str, Any], name: str = "") -> Check:
-    return Probe.passed(name, latency_ms, data=details).as_check()
+def ok(name: str, latency_ms: float | None, details: dict[str, Any]) -> Probe:
+    return Probe.passed(name, latency_ms, data=details)
 
 
-def failed(problem: Problem, details: dict[str, Any] | None = None, name: str = "") -> Check:
-    return Probe.failed(name, problem, details).as_check()
+def failed(name: str, problem: Problem, details: dict[str, Any] | None = None) -> Probe:
+    return Probe.failed(name, problem, details)
 
 
 def _ms(started: float) -> float:
@@ -96,19 +96,19 @@ def _pg_problem(db: DatabaseManager, exc: BaseException) -> Problem:
 _PG_ERRORS = (StoreError, OSError, TimeoutError)
 
 
-async def check_postgres(db: DatabaseManager) -> Check:
+async def check_postgres(db: DatabaseManager) -> Probe:
     """The deep check: version, schema, last cluster pass, and a rolled-back write + read."""
     if not db.is_open:
-        return failed(not_started("the PostgreSQL pool is not open yet"))
+        return failed("postgresql", not_started("the PostgreSQL pool is not open yet"))
     details: dict[str, Any] = {"schema_expected": migrations.expected_version()}
     try:
         latency = await diagnostics.deep_check(db, CHECK_TIMEOUT_S, details)
     except _PG_ERRORS as exc:
-        return failed(_pg_problem(db, exc), _iso_pass(details))
+        return failed("postgresql", _pg_problem(db, exc), _iso_pass(details))
     problem = schema_problem(details["schema_version"], details["schema_expected"])
     if problem is not None:
-        return failed(problem, _iso_pass(details))
-    return ok(latency, _iso_pass(details))
+        return failed("postgresql", problem, _iso_pass(details))
+    return ok("postgresql", latency, _iso_pass(details))
 
 
 def _iso_pass(details: dict[str, Any]) -> dict[str, Any]:
@@ -117,26 +117,31 @@ def _iso_pass(details: dict[str, Any]) -> dict[str, Any]:
     return details
 
 
-async def ready_postgres(db: DatabaseManager) -> Check:
+async def ready_postgres(db: DatabaseManager) -> Probe:
     """Readiness: PostgreSQL answers now and the schema is at the expected version."""
     if not db.is_open:
-        return failed(not_started("the PostgreSQL pool is not open yet"))
+        return failed("postgresql", not_started("the PostgreSQL pool is not open yet"))
     expected = migrations.expected_version()
     started = time.perf_counter()
     try:
         version = await diagnostics.schema_version(db, READY_TIMEOUT_S)
     except _PG_ERRORS as exc:
-        return failed(_pg_problem(db, exc))
+        return failed("postgresql", _pg_problem(db, exc))
     details = {"schema_version": version, "schema_expected": expected}
     problem = schema_problem(version, expected)
-    return failed(problem, details) if problem else ok(_ms(started), details)
+    return (
+        failed("postgresql", problem, details)
+        if problem
+        else ok("postgresql", _ms(started), details)
+    )
 
 
 # -- Redis -----------------------------------------------------------------------------
 
 
-def redis_not_configured(required: bool) -> Check:
+def redis_not_configured(required: bool) -> Probe:
     return failed(
+        "redis",
         Problem(
             "redis.not_configured",
             "Redis is not configured",
@@ -151,7 +156,7 @@ _REDIS_ERRORS = (StoreError, OSError, TimeoutError)
 
 async def check_redis(
     client: RedisClient | None, target: RedisTarget | None, required: bool
-) -> Check:
+) -> Probe:
     """The deep check: PING, server INFO, and a SET with a TTL read back."""
     if client is None or target is None:
         return redis_not_configured(required)
@@ -159,9 +164,10 @@ async def check_redis(
     try:
         seen = await clients.check_redis(client, CHECK_TIMEOUT_S)
     except _REDIS_ERRORS as exc:
-        return failed(diagnose.redis_problem(exc, target), details)
+        return failed("redis", diagnose.redis_problem(exc, target), details)
     if not seen.read_back:
         return failed(
+            "redis",
             Problem(
                 "redis.error",
                 "Redis did not return the value just written",
@@ -177,15 +183,15 @@ async def check_redis(
         used_memory_mb=round(info.get("used_memory", 0) / 2**20, 1),
         operations={"set_get_ttl": "ok", "latency_ms": seen.operations_ms},
     )
-    return ok(seen.latency_ms, details)
+    return ok("redis", seen.latency_ms, details)
 
 
-async def ping_redis(client: RedisClient, target: RedisTarget) -> Check:
+async def ping_redis(client: RedisClient, target: RedisTarget) -> Probe:
     try:
         latency = await clients.ping_redis(client, MONITOR_TIMEOUT_S)
     except _REDIS_ERRORS as exc:
-        return failed(diagnose.redis_problem(exc, target))
-    return ok(latency, {})
+        return failed("redis", diagnose.redis_problem(exc, target))
+    return ok("redis", latency, {})
 
 
 # -- monitors --------------------------------------------------------------------------
@@ -210,14 +216,14 @@ class ServiceMonitor:
         self,
         name: str,
         label: str,
-        probe: Callable[[], Awaitable[Check]],
+        probe: Callable[[], Awaitable[Probe]],
         interval: float = MONITOR_INTERVAL_S,
     ) -> None:
         self.name = name
         self.label = label
         self.probe = probe
         self.interval = interval
-        self.last: Check | None = None
+        self.last: Probe | None = None
         self.checked_at: float | None = None  # time.monotonic()
         self.down_since: float | None = None  # time.time()
         self.history: deque[Sample] = deque(maxlen=HISTORY_SIZE)
@@ -229,39 +235,39 @@ class ServiceMonitor:
     @property
     def available(self) -> bool | None:
         """None until the first probe."""
-        return None if self.last is None else self.last["status"] == "ready"
+        return None if self.last is None else self.last.ok
 
-    def fresh(self, max_age: float = READY_FRESH_S) -> Check | None:
+    def fresh(self, max_age: float = READY_FRESH_S) -> Probe | None:
         """The last probe if it succeeded less than `max_age` seconds ago."""
         recent = self.checked_at is not None and time.monotonic() - self.checked_at <= max_age
         return self.last if self.available and recent else None
 
-    def note(self, check: Check, source: str) -> None:
+    def note(self, check: Probe, source: str) -> None:
         """Keep the response time of a check made elsewhere (it says nothing of availability:
         a deep check can fail on a server that answers)."""
         self.history.append(
-            Sample(time.time(), check["status"] == "ready", check["latency_ms"], source)
+            Sample(time.time(), check.ok, check.latency_ms if check.ok else None, source)
         )
 
-    def record(self, check: Check, source: str = "monitor") -> None:
+    def record(self, check: Probe, source: str = "monitor") -> None:
         was = self.available
         self.last = check
         self.checked_at = time.monotonic()
         now = time.time()
-        up = check["status"] == "ready"
-        self.history.append(Sample(now, up, check["latency_ms"], source))
+        up = check.ok
+        self.history.append(Sample(now, up, check.latency_ms if up else None, source))
         if not up and was is not False:
             self.down_since = now
             self.losses += 1
             log.warning(
                 "%s unavailable: %s",
                 self.label,
-                check["error"],
+                check.problem.message if check.problem else check.detail,
                 extra={
                     "action": "service_unavailable",
                     "service": self.name,
-                    "code": check["details"].get("code"),
-                    "fix": check["suggestion"],
+                    "code": check.problem.code if check.problem else None,
+                    "fix": check.problem.fix if check.problem else None,
                 },
             )
         elif up and was is False:
@@ -276,17 +282,18 @@ class ServiceMonitor:
             for callback in self.on_recovery:
                 callback()
 
-    async def check(self) -> Check:
+    async def check(self) -> Probe:
         try:
             async with asyncio.timeout(MONITOR_TIMEOUT_S * 2):
                 result = await self.probe()
         except TimeoutError:
             result = failed(
+                self.name,
                 Problem(
                     f"{'postgres' if self.name == 'postgresql' else self.name}.timeout",
                     f"{self.label} did not answer within {MONITOR_TIMEOUT_S * 2:g} s",
                     "check the network path and the server's load",
-                )
+                ),
             )
         self.record(result)
         return result

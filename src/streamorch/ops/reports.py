@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from streamorch.config import check_consistency
+from streamorch.domain.probes import Probe
 from streamorch.ops import health
 from streamorch.ops.runtime import Runtime
 from streamorch.store import diagnostics, migrations
@@ -44,14 +45,15 @@ def _known_down(rt: Runtime, name: str) -> health.Check | None:
     monitor = rt.monitors.get(name)
     if monitor is None or monitor.available is not False or monitor.last is None:
         return None
-    return {**monitor.last, "details": {**monitor.last["details"], "from": "monitor"}}
+    last = monitor.last.as_check()
+    return {**last, "details": {**last["details"], "from": "monitor"}}
 
 
-def _noted(rt: Runtime, name: str, check: health.Check) -> health.Check:
+def _noted(rt: Runtime, name: str, check: Probe) -> health.Check:
     monitor = rt.monitors.get(name)
     if monitor is not None:
         monitor.note(check, source="health")
-    return check
+    return check.as_check()
 
 
 async def _postgres(rt: Runtime) -> health.Check:
@@ -169,7 +171,7 @@ def _impaired(
 
 def _redis_state(rt: Runtime) -> health.Check:
     if rt.redis is None:
-        return health.redis_not_configured(rt.settings.redis_required)
+        return health.redis_not_configured(rt.settings.redis_required).as_check()
     monitor = rt.monitors.get("redis")
     if monitor is None or monitor.last is None:
         return {
@@ -180,7 +182,7 @@ def _redis_state(rt: Runtime) -> health.Check:
             "suggestion": None,
         }
     age = round(time.monotonic() - (monitor.checked_at or 0), 3)
-    last = monitor.last
+    last = monitor.last.as_check()
     return {**last, "details": {**last["details"], "checked_s_ago": age}}
 
 
@@ -287,11 +289,13 @@ async def ready_body(rt: Runtime) -> tuple[dict[str, Any], bool]:
     # The monitor runs this same check twice a second: a success from the last second, or
     # a failure it still stands by, answers now. A live query only fills the gaps (start,
     # a slow probe), so a load balancer's probes never pile up on a dead server.
-    postgres = _known_down(rt, "postgresql") or (pg_monitor.fresh() if pg_monitor else None)
+    fresh = pg_monitor.fresh() if pg_monitor else None
+    postgres = _known_down(rt, "postgresql") or (fresh.as_check() if fresh else None)
     if postgres is None:
-        postgres = await health.ready_postgres(rt.db)
+        probe = await health.ready_postgres(rt.db)
         if pg_monitor is not None:
-            pg_monitor.record(postgres, source="ready")
+            pg_monitor.record(probe, source="ready")
+        postgres = probe.as_check()
     redis = _redis_state(rt)
     orchestrator = {
         "status": "ready" if rt.ready else "starting",
