@@ -21,6 +21,7 @@ from streamorch.backing import waits
 from streamorch.backing.embedded import DataDir, EmbeddedPostgres
 from streamorch.backing.endpoints import PostgresTarget, postgres_target
 from streamorch.config import load_settings
+from streamorch.domain.probes import Probe
 from tests.e2e.harness import Launcher, free_port, processes_mentioning, wait_until_gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -109,7 +110,7 @@ async def test_wait_for_postgres_succeeds_when_the_server_comes_up_late(data_dir
     target = PostgresTarget(
         pg.superuser_conninfo(port), "127.0.0.1", port, "postgres", "postgres", embedded=True
     )
-    result: list[waits.ProbeResult] = []
+    result: list[Probe] = []
 
     async def wait() -> None:
         result.append(await waits.wait_for_postgres(target, timeout=30))
