@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))  # the process helpers are shared with the end-to-
 from tests.e2e.harness import clean_env, free_port, kill_processes_mentioning  # noqa: E402
 from tests.support.cluster import spawn_server, wait_server_ready  # noqa: E402
 
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey  # noqa: E402
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey  # noqa: E402
 
 DATABASE = "streamorch_bench"
 READY_TIMEOUT_S = 60.0

@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import BenchError, Stack, machine, percentile, run_bench
 from heartbeat import generator_main
 
+from streamorch.backing.endpoints import postgres_target
 from streamorch.config import load_settings
 from streamorch.domain.models import Policy
-from streamorch.services.endpoints import postgres_target
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore
 

@@ -50,7 +50,7 @@ ENV = {**SERVER_ENV, "LEASE_TTL": "120"}
 
 def children(pid: int) -> set[int]:
     return {
-        p.pid for p in psutil.Process(pid).children() if "core.processes" in " ".join(p.cmdline())
+        p.pid for p in psutil.Process(pid).children() if "server.processes" in " ".join(p.cmdline())
     }
 
 

@@ -50,10 +50,10 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import BenchError, Stack, machine, run_bench
 
+from streamorch.backing.endpoints import postgres_target
 from streamorch.config import load_settings
 from streamorch.domain import placement
 from streamorch.domain.models import Policy
-from streamorch.services.endpoints import postgres_target
 from streamorch.store import postgres
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore

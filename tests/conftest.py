@@ -21,8 +21,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 from streamorch.config import Settings, load_settings
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 
 TEMPLATE_DB = "streamorch_test_template"
 

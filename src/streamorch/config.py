@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     # HTTP server.
     orchestrator_host: str = _env("ORCHESTRATOR_HOST", default="127.0.0.1", example="0.0.0.0")
     orchestrator_port: int = _env("ORCHESTRATOR_PORT", default=8001, ge=1, le=65535, example="8001")
-    # API processes on the one listening socket (core/processes.py); each has its own pool.
+    # API processes on the one listening socket (server/processes.py); each has its own pool.
     server_processes: int = _env("SERVER_PROCESSES", default=1, ge=1, le=64, example="4")
     # Connection limits (api/limits.py): a client has this long to send a request's line and
     # headers, so slow clients cannot hold connections open; past this many open

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from streamorch.services import instance
+from streamorch.backing import instance
 from tests.container.podman import Podman, base_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

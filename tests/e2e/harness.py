@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "start-orchestrator.sh"

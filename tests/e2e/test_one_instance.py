@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 from tests.e2e.harness import ROOT, Launcher, clean_env, wait_until_gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

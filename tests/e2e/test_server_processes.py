@@ -26,7 +26,7 @@ def children(run: Run) -> set[int]:
     return {
         child.pid
         for child in psutil.Process(run.proc.pid).children()
-        if "streamorch.core.processes" in " ".join(child.cmdline())
+        if "streamorch.server.processes" in " ".join(child.cmdline())
     }
 
 

@@ -17,10 +17,11 @@ import anyio
 import psycopg
 import pytest
 
+from streamorch.backing import waits
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres
+from streamorch.backing.endpoints import PostgresTarget, postgres_target
 from streamorch.config import load_settings
-from streamorch.services import waits
-from streamorch.services.embedded import DataDir, EmbeddedPostgres
-from streamorch.services.endpoints import PostgresTarget, postgres_target
+from streamorch.domain.probes import Probe
 from tests.e2e.harness import Launcher, free_port, processes_mentioning, wait_until_gone
 from tests.support.waiting import read_by_peer, wait_until, wait_until_sync
 
@@ -113,7 +114,7 @@ async def test_wait_for_postgres_succeeds_when_the_server_comes_up_late(
     target = PostgresTarget(
         pg.superuser_conninfo(port), "127.0.0.1", port, "postgres", "postgres", embedded=True
     )
-    result: list[waits.ProbeResult] = []
+    result: list[Probe] = []
 
     async def wait() -> None:
         result.append(await waits.wait_for_postgres(target, timeout=30))

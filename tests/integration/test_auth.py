@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamorch.core.serve import warn_if_exposed
+from streamorch.server.serve import warn_if_exposed
 from tests.asgi import serving
 
 pytestmark = pytest.mark.anyio

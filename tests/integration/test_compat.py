@@ -17,8 +17,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from streamorch.backing.embedded import DataDir, EmbeddedValkey
 from streamorch.cli.main import app
-from streamorch.services.embedded import DataDir, EmbeddedValkey
 from tests.conftest import FAST_ENGINE
 from tests.original_clients import C1, C2, C3, Instance, Persisted, Timing, http_server, overlaps
 from tests.support.fleet import Fleet, all_events

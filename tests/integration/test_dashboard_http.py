@@ -248,7 +248,7 @@ def test_sessions_are_signed_and_expire():
 async def test_an_exposed_api_without_tokens_shows_the_logs_warning(
     make_settings, postgres_server, database, redis_url
 ):
-    from streamorch.core.serve import open_api_warning
+    from streamorch.ops.exposure import open_api_warning
 
     settings = make_settings(
         DATABASE_URL=postgres_server.url(database), REDIS_URL=redis_url, ORCHESTRATOR_HOST="0.0.0.0"

@@ -7,8 +7,8 @@ import time
 import psycopg
 import pytest
 
+from streamorch.backing import endpoints
 from streamorch.domain.errors import ServiceError, StoreError
-from streamorch.services import endpoints
 from streamorch.store.database import DatabaseManager
 
 pytestmark = pytest.mark.anyio
@@ -98,8 +98,8 @@ async def test_pool_use_before_open_is_a_store_error(settings):
 async def test_server_stopped_under_the_pool(make_settings):
     """PostgreSQL stops while the pool is open: checks report it, closing neither hangs
     nor raises, and the pool works again once the server is back."""
-    from streamorch.core.startup import EmbeddedServices
-    from streamorch.services import provision
+    from streamorch.backing import provision
+    from streamorch.ops.startup import EmbeddedServices
 
     settings = make_settings(REDIS_URL="redis://127.0.0.1:1/0", DB_TIMEOUT="2")
     services = EmbeddedServices(settings, durable=False)

@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 from streamorch.store import migrations
 from tests.asgi import serving
 from tests.conftest import FAST_ENGINE

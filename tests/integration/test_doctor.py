@@ -17,10 +17,10 @@ import httpx
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from streamorch.backing import provision
 from streamorch.config import load_settings
-from streamorch.core import doctor
-from streamorch.core.startup import EmbeddedServices
-from streamorch.services import provision
+from streamorch.ops import doctor
+from streamorch.ops.startup import EmbeddedServices
 from streamorch.store import migrations
 
 pytestmark = pytest.mark.anyio

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from streamorch.core.startup import EmbeddedServices
-from streamorch.services import endpoints, provision, waits
+from streamorch.backing import endpoints, provision, waits
+from streamorch.ops.startup import EmbeddedServices
 
 pytestmark = pytest.mark.anyio
 

@@ -8,9 +8,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from streamorch.backing import endpoints
 from streamorch.domain.errors import NotFound, Superseded
 from streamorch.domain.models import Policy
-from streamorch.services import endpoints
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore, StreamSpec
 

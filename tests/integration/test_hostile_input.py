@@ -10,8 +10,8 @@ import anyio
 import psycopg
 import pytest
 
+from streamorch.backing import endpoints
 from streamorch.domain.models import Policy
-from streamorch.services import endpoints
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore, StreamSpec
 from tests.asgi import serving

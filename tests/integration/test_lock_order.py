@@ -11,7 +11,7 @@ import uuid
 import psycopg
 import pytest
 
-from streamorch.services import endpoints
+from streamorch.backing import endpoints
 from streamorch.store.heartbeats import Beat, batch_params
 from streamorch.store.queries import sql
 

@@ -9,9 +9,9 @@ import uuid
 import psycopg
 import pytest
 
+from streamorch.backing import endpoints
 from streamorch.core.retention import Retention
 from streamorch.domain.errors import Conflict, NotFound
-from streamorch.services import endpoints
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore
 from streamorch.store.retention import RETENTION_LOCK_KEY, RetentionStore

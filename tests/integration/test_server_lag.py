@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from streamorch.backing import endpoints
 from streamorch.domain.models import Policy
-from streamorch.services import endpoints
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore
 from tests.support.fleet import Fleet, all_events

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from streamorch.backing import endpoints
 from streamorch.domain.models import Policy
-from streamorch.services import endpoints
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore, StreamSpec
 

@@ -6,9 +6,9 @@ import anyio
 import psycopg
 import pytest
 
+from streamorch.backing import endpoints
 from streamorch.core.reconciler import Reconciler
 from streamorch.domain.models import Policy
-from streamorch.services import endpoints
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore
 from streamorch.store.retry import retry_conflicts

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
+from streamorch.backing import endpoints, waits
 from streamorch.domain.errors import ServiceUnavailable
-from streamorch.services import endpoints, waits
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import anyio
 import psycopg
 import pytest
 
-from streamorch.services.embedded import _wheel_dir
+from streamorch.backing.embedded import _wheel_dir
 from streamorch.store import migrations
 
 

@@ -29,7 +29,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 from tests.e2e.harness import ROOT, clean_env, free_port
 
 READY_TIMEOUT_S = 60.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from streamorch.config import Settings
-from streamorch.core.startup import ExitCode
+from streamorch.ops.startup import ExitCode
 
 DOCS = Path(__file__).parents[2] / "docs"
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from streamorch.core import health
-from streamorch.core.modules import ModuleStatus
 from streamorch.core.reconciler import ReconcilerStats
+from streamorch.ops import health
+from streamorch.ops.modules import ModuleStatus
 
-READY = health.ok(1.0, {})
-DOWN = health.failed(health.not_started("x"))
+READY = health.ok("postgresql", 1.0, {}).as_check()
+DOWN = health.failed("postgresql", health.not_started("x")).as_check()
 
 
 def test_reconciler_is_ready_then_stale_after_five_intervals():
@@ -57,7 +57,7 @@ def test_missing_module_problem_says_what_is_lost_and_how_to_get_it():
 
 
 def test_redis_not_configured():
-    check = health.redis_not_configured(required=False)
+    check = health.redis_not_configured(required=False).as_check()
     assert check["details"]["code"] == "redis.not_configured"
     assert check["error"] == "Redis is not configured"
 

@@ -15,15 +15,36 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 
+from streamorch.config import Settings
 from streamorch.core.service import Orchestrator
 from streamorch.domain import credentials
+from streamorch.ops.runtime import Runtime
 
 
-async def orchestrator(request: Request) -> Orchestrator:
-    return request.app.state.runtime.orchestrator
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def get_settings(request: Request) -> Settings:
+    return get_runtime(request).settings
+
+
+async def get_orchestrator(request: Request) -> Orchestrator:
+    orch = get_runtime(request).orchestrator
+    assert orch is not None, "requests are served only once the lifespan has started it"
+    return orch
+
+
+orchestrator = get_orchestrator  # the name the routes used before the Annotated types
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+OrchestratorDep = Annotated[Orchestrator, Depends(get_orchestrator)]
 
 
 def _token(request: Request) -> str | None:
@@ -40,12 +61,12 @@ def _matches(given: str | None, expected: str | None) -> bool:
     )
 
 
-def _secret(value) -> str | None:
+def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
 async def require_admin(request: Request) -> None:
-    settings = request.app.state.runtime.settings
+    settings = get_settings(request)
     admin = _secret(settings.admin_token)
     if admin is None:
         return
@@ -57,12 +78,12 @@ async def require_admin(request: Request) -> None:
 
 async def require_diagnostics(request: Request) -> None:
     """/health/detailed and /metrics: the admin rule, unless DIAGNOSTICS_PUBLIC."""
-    if not request.app.state.runtime.settings.diagnostics_public:
+    if not get_settings(request).diagnostics_public:
         await require_admin(request)
 
 
 async def require_worker(request: Request) -> None:
-    settings = request.app.state.runtime.settings
+    settings = get_settings(request)
     admin, worker = _secret(settings.admin_token), _secret(settings.worker_token)
     if admin is None and worker is None:
         return
@@ -73,7 +94,7 @@ async def require_worker(request: Request) -> None:
 
 def is_admin(request: Request) -> bool:
     """The caller has the admin's authority: it sends the admin token, or none is set."""
-    admin = _secret(request.app.state.runtime.settings.admin_token)
+    admin = _secret(get_settings(request).admin_token)
     return admin is None or _matches(_token(request), admin)
 
 
@@ -87,7 +108,7 @@ async def require_worker_secret(request: Request, worker_id: uuid.UUID) -> None:
     await require_worker(request)
     if is_admin(request):
         return
-    orch: Orchestrator = request.app.state.runtime.orchestrator
+    orch = await get_orchestrator(request)
     await orch.check_secret(worker_id, worker_secret(request))
 
 

@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from streamorch.api.app import Runtime
     from streamorch.core.retention import RetentionReport
+    from streamorch.ops.runtime import Runtime
     from streamorch.store.postgres import PassResult
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""`streamorch doctor`: render the report of `core.doctor` for people or machines."""
+"""`streamorch doctor`: render the report of `ops.doctor` for people or machines."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from streamorch.core.doctor import Report
+    from streamorch.ops.doctor import Report
 
 _STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 _LABELS = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
@@ -31,7 +31,7 @@ def doctor(
 
     Exit codes: 0 no check failed (warnings are allowed, e.g. migrations the server applies at start-up); 10 only the configuration is invalid; 1 any other check failed.
     """
-    from streamorch.core import doctor as core
+    from streamorch.ops import doctor as core
 
     report = asyncio.run(core.run())
     if json_output:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING
 
 import typer
 
@@ -17,9 +16,7 @@ from streamorch.cli import doctor as doctor_cli
 from streamorch.cli import services as services_cli
 from streamorch.cli import simulate as simulate_cli
 from streamorch.cli import worker as worker_cli
-
-if TYPE_CHECKING:
-    from streamorch.config import Settings
+from streamorch.cli.common import fail, load
 
 app = typer.Typer(
     name="streamorch",
@@ -41,35 +38,6 @@ app.command("worker")(worker_cli.worker)
 app.command("simulate")(simulate_cli.simulate)
 
 
-def load(*, log: bool = True) -> Settings:
-    """Settings from the environment; exits 10 listing every problem."""
-    from streamorch.config import load_settings
-    from streamorch.core.startup import ExitCode
-    from streamorch.domain.errors import ConfigurationError
-    from streamorch.logs import configure_logging
-
-    try:
-        settings = load_settings()
-    except ConfigurationError as exc:
-        configure_logging()
-        typer.echo(f"configuration invalid ({len(exc.problems)} problem(s)):", err=True)
-        for problem in exc.problems:
-            typer.echo(f"  - {problem.message}\n    fix: {problem.fix}", err=True)
-        raise typer.Exit(int(ExitCode.CONFIG)) from None
-    if log:
-        configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-def fail(exc: Exception, code: int) -> typer.Exit:
-    problem = getattr(exc, "problem", None)
-    if problem is not None:
-        typer.echo(f"error: {problem.message}\n  fix: {problem.fix}", err=True)
-    else:
-        typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(code)
-
-
 @app.command()
 def serve(
     keep_services: bool = typer.Option(
@@ -80,7 +48,7 @@ def serve(
     ),
 ) -> None:
     """Run the start-up sequence, then serve the API until SIGTERM/SIGINT."""
-    from streamorch.core.serve import serve as run
+    from streamorch.server.serve import serve as run
 
     raise typer.Exit(run(load(), keep_services=keep_services))
 
@@ -92,8 +60,8 @@ def startup() -> None:
     Embedded services are left running. Useful as an init container or before
     `serve` in scripts that sequence phases themselves.
     """
-    from streamorch.core.startup import EmbeddedServices, run_startup
     from streamorch.domain.errors import StartupError
+    from streamorch.ops.startup import EmbeddedServices, run_startup
 
     settings = load()
     try:
@@ -105,25 +73,21 @@ def startup() -> None:
 @app.command()
 def migrate() -> None:
     """Apply pending database migrations (safe to run from several replicas at once)."""
-    import psycopg
-
-    from streamorch.core.startup import ExitCode
+    from streamorch.backing import endpoints
     from streamorch.domain.errors import StreamorchError
-    from streamorch.services import endpoints
-    from streamorch.store import migrations
+    from streamorch.ops.startup import ExitCode
+    from streamorch.store import diagnostics, migrations
 
     settings = load()
 
     async def run() -> list[str]:
         target = endpoints.postgres_target(settings)
-        conn = await psycopg.AsyncConnection.connect(target.conninfo, autocommit=True)
-        async with conn:
-            applied = await migrations.migrate(conn)
+        applied = await diagnostics.migrate_at(target.conninfo)
         return [f"{m.version:04d}_{m.name}" for m in applied]
 
     try:
         applied = asyncio.run(run())
-    except (StreamorchError, psycopg.Error) as exc:
+    except StreamorchError as exc:
         raise fail(exc, int(ExitCode.MIGRATE)) from None
     typer.echo(
         f"applied {len(applied)} migration(s)"
@@ -140,9 +104,9 @@ def wait_postgres(
     timeout: float = typer.Option(None, help="Seconds; default POSTGRES_STARTUP_TIMEOUT."),
 ) -> None:
     """Wait until PostgreSQL accepts connections and answers SELECT 1."""
-    from streamorch.core.startup import ExitCode
+    from streamorch.backing import endpoints, waits
     from streamorch.domain.errors import ServiceError
-    from streamorch.services import endpoints, waits
+    from streamorch.ops.startup import ExitCode
 
     settings = load()
     try:
@@ -164,9 +128,9 @@ def wait_redis(
     timeout: float = typer.Option(None, help="Seconds; default REDIS_STARTUP_TIMEOUT."),
 ) -> None:
     """Wait until Redis answers PING."""
-    from streamorch.core.startup import ExitCode
+    from streamorch.backing import endpoints, waits
     from streamorch.domain.errors import ServiceError
-    from streamorch.services import endpoints, waits
+    from streamorch.ops.startup import ExitCode
 
     settings = load()
     try:
@@ -186,8 +150,8 @@ def wait_redis(
 @app.command()
 def verify() -> None:
     """Check PostgreSQL, the schema version and Redis once; exit non-zero on a problem."""
-    from streamorch.core.startup import ExitCode, verify_services
     from streamorch.domain.errors import StreamorchError
+    from streamorch.ops.startup import ExitCode, verify_services
 
     settings = load()
     try:

@@ -12,10 +12,10 @@ app = typer.Typer(help="Manage the embedded PostgreSQL and Valkey servers.", no_
 @app.command()
 def start() -> None:
     """Start the embedded servers this configuration needs, and create role and database."""
-    from streamorch.cli.main import fail, load
-    from streamorch.core.startup import EmbeddedServices, ExitCode
+    from streamorch.backing import provision
+    from streamorch.cli.common import fail, load
     from streamorch.domain.errors import StreamorchError
-    from streamorch.services import provision
+    from streamorch.ops.startup import EmbeddedServices, ExitCode
 
     settings = load()
     services = EmbeddedServices(settings)
@@ -34,9 +34,9 @@ def start() -> None:
 @app.command()
 def stop() -> None:
     """Stop the embedded servers."""
-    from streamorch.cli.main import load
-    from streamorch.core.startup import EmbeddedServices
-    from streamorch.services.instance import InstanceLock
+    from streamorch.backing.instance import InstanceLock
+    from streamorch.cli.common import load
+    from streamorch.ops.startup import EmbeddedServices
 
     settings = load()
     holder = InstanceLock(settings.data_dir).holder()
@@ -56,8 +56,8 @@ def stop() -> None:
 @app.command()
 def status() -> None:
     """Show whether the embedded servers run, and where. Exit 1 if one is down."""
-    from streamorch.cli.main import load
-    from streamorch.core.startup import EmbeddedServices
+    from streamorch.cli.common import load
+    from streamorch.ops.startup import EmbeddedServices
 
     settings = load(log=False)
     services = EmbeddedServices(settings)

@@ -24,11 +24,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from streamorch.backing import diagnose
+from streamorch.backing.endpoints import PostgresTarget
+from streamorch.backing.waits import probe_postgres
 from streamorch.config import Settings
 from streamorch.domain.errors import ServiceError, StoreError
-from streamorch.services import diagnose
-from streamorch.services.endpoints import PostgresTarget
-from streamorch.services.waits import ProbeResult, probe_postgres
+from streamorch.domain.probes import Probe
 from streamorch.store import migrations
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class DatabaseManager:
         async with self._heartbeat_pool.connection() as conn:
             yield conn
 
-    async def verify_connection(self, timeout: float = 2.0) -> ProbeResult:
+    async def verify_connection(self, timeout: float = 2.0) -> Probe:
         """`SELECT 1` through the pool, bounded by `timeout`."""
         started = time.perf_counter()
         try:
@@ -197,11 +198,9 @@ class DatabaseManager:
                 cur = await conn.execute("SELECT current_setting('server_version')")
                 row = await cur.fetchone()
         except (psycopg.Error, StoreError, OSError, TimeoutError) as exc:
-            return ProbeResult(
-                "postgresql", False, problem=diagnose.postgres_problem(exc, self.target)
-            )
+            return Probe.failed("postgresql", diagnose.postgres_problem(exc, self.target))
         latency = round((time.perf_counter() - started) * 1000, 2)
-        return ProbeResult("postgresql", True, latency_ms=latency, version=row[0] if row else None)
+        return Probe.passed("postgresql", latency, version=row[0] if row else None)
 
     def pool_stats(self) -> dict[str, int]:
         """Connections in the pool now: size, idle (available) and requests waiting."""

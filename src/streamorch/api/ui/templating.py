@@ -13,7 +13,7 @@ from starlette.responses import HTMLResponse
 
 from streamorch import __version__
 from streamorch.api.ui import security, views
-from streamorch.core import serve
+from streamorch.ops import exposure
 
 HTMX = "htmx-2.0.11.min.js"  # vendored from the npm package htmx.org, with its licence
 POLL = "every 3s"  # how often a page's live fragment is fetched again
@@ -82,8 +82,8 @@ def open_warning(request: Request) -> tuple[str, str] | None:
             "are open to anyone who can reach this port",
             "set STREAMORCH_ADMIN_TOKEN",
         )
-    if serve.exposed(settings):
-        return serve.open_api_warning(settings), serve.OPEN_API_FIX
+    if exposure.exposed(settings):
+        return exposure.open_api_warning(settings), exposure.OPEN_API_FIX
     return (
         f"No tokens are set: listening on {settings.orchestrator_host} only, this dashboard "
         "and the API are open to every user and process of this machine",

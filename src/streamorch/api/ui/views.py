@@ -135,16 +135,16 @@ def health(runtime: Any) -> dict[str, dict[str, Any]]:
             continue
         if last is None:
             out[name] = {"label": label, "state": "unknown", "text": "not probed yet", "fix": None}
-        elif last["status"] == "ready":
-            latency = last.get("latency_ms")
+        elif last.ok:
+            latency = last.latency_ms
             text = f"ready, {latency:.1f} ms" if latency is not None else "ready"
             out[name] = {"label": label, "state": "ok", "text": text, "fix": None}
         else:
             out[name] = {
                 "label": label,
                 "state": "bad",
-                "text": last.get("error") or "unavailable",
-                "fix": last.get("suggestion"),
+                "text": (last.problem.message if last.problem else None) or "unavailable",
+                "fix": last.problem.fix if last.problem else None,
             }
     return out
 

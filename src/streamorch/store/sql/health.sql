@@ -1,4 +1,4 @@
--- Read-only queries of the health endpoints (core/health.py), by `-- name: …` header.
+-- Queries of health, doctor and start-up (store/diagnostics.py), by `-- name: …` header.
 
 -- name: schema_version
 SELECT CASE WHEN to_regclass('schema_migrations') IS NULL THEN 0

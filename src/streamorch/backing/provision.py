@@ -6,16 +6,17 @@ follows DB_PASSWORD (or the generated one) so a changed password takes effect.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import psycopg
 from psycopg import sql
 
+from streamorch.backing import diagnose
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres
+from streamorch.backing.endpoints import PostgresTarget, app_password
 from streamorch.config import Settings
 from streamorch.domain.errors import ServiceError
-from streamorch.services import diagnose
-from streamorch.services.embedded import DataDir, EmbeddedPostgres
-from streamorch.services.endpoints import PostgresTarget, app_password
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +62,17 @@ async def setup_database(settings: Settings) -> dict[str, bool]:
         },
     )
     return {"role_created": role_created, "database_created": db_created}
+
+
+async def role_exists(superuser_conninfo: str, role: str, timeout: float) -> bool | None:
+    """Whether `role` exists, asked as a superuser; None when the question cannot be asked."""
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await psycopg.AsyncConnection.connect(
+                superuser_conninfo, autocommit=True, connect_timeout=max(2, round(timeout))
+            )
+            async with conn:
+                cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+                return await cur.fetchone() is not None
+    except (psycopg.Error, OSError, TimeoutError):
+        return None

@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 from streamorch.config import Settings
 from streamorch.domain.errors import ServiceError
 from streamorch.domain.problems import Problem
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,18 @@ class RedisTarget:
         return f"redis://{self.host}:{self.port}"
 
 
+class AddressError(ValueError):
+    """DATABASE_URL (or DB_HOST/DB_PORT) cannot be parsed as a PostgreSQL address."""
+
+
 def postgres_target(settings: Settings) -> PostgresTarget:
+    try:
+        return _postgres_target(settings)
+    except psycopg.Error as exc:
+        raise AddressError(str(exc)) from exc
+
+
+def _postgres_target(settings: Settings) -> PostgresTarget:
     if settings.database_url is not None:
         conninfo = settings.database_url.get_secret_value()
         parts = conninfo_to_dict(conninfo)
@@ -119,3 +131,17 @@ def redis_target(settings: Settings) -> RedisTarget:
     auth = f":{quote(password, safe='')}@" if password else ""
     url = f"redis://{auth}{host}:{port}/{settings.redis_db}"
     return RedisTarget(url, host, port, password is not None, embedded)
+
+
+def conninfo_password(conninfo: str) -> str | None:
+    """The password in a PostgreSQL conninfo or URL; None when it has none or cannot be parsed."""
+    try:
+        password = conninfo_to_dict(conninfo).get("password")
+    except psycopg.Error:
+        return None
+    return str(password) if password else None
+
+
+def conninfo_port(conninfo: str) -> int:
+    """The port a PostgreSQL conninfo or URL names (5432 when it names none)."""
+    return int(conninfo_to_dict(conninfo).get("port") or 5432)

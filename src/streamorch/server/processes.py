@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamorch.config import Settings
-from streamorch.core.startup import ExitCode
 from streamorch.domain.errors import StartupError
 from streamorch.domain.problems import Problem
+from streamorch.ops.startup import ExitCode
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ServerProcesses:
                 [
                     sys.executable,
                     "-m",
-                    "streamorch.core.processes",
+                    "streamorch.server.processes",
                     str(self.sock.fileno()),
                     str(ready_w),
                     str(index),
@@ -189,8 +189,8 @@ def _child(fd: int, ready_fd: int, index: int) -> int:
 
     from streamorch.api.app import create_app
     from streamorch.config import load_settings
-    from streamorch.core.serve import _loop_factory, _release_long_polls
     from streamorch.logs import configure_logging
+    from streamorch.server.loop import loop_factory, release_long_polls
 
     settings = load_settings()  # the parent validated the same environment
     configure_logging(settings.log_level, settings.log_format)
@@ -214,7 +214,7 @@ def _child(fd: int, ready_fd: int, index: int) -> int:
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame) -> None:
             super().handle_exit(sig, frame)
-            loop.call_soon_threadsafe(_release_long_polls, app)
+            loop.call_soon_threadsafe(release_long_polls, app)
 
     server = _Server(
         uvicorn.Config(
@@ -233,7 +233,7 @@ def _child(fd: int, ready_fd: int, index: int) -> int:
             await asyncio.sleep(1.0)
         log.warning("the supervising process is gone; stopping", extra={"action": "orphaned"})
         server.should_exit = True
-        _release_long_polls(app)
+        release_long_polls(app)
 
     async def main() -> None:
         nonlocal loop
@@ -245,7 +245,7 @@ def _child(fd: int, ready_fd: int, index: int) -> int:
             watcher.cancel()
 
     loop: asyncio.AbstractEventLoop
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(main())
     return 0 if server.started else int(ExitCode.SERVE)
 

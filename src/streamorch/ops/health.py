@@ -18,26 +18,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from functools import cache
-from importlib import resources
 from typing import Any
 
-import psycopg
-import redis.asyncio as aioredis
-
 from streamorch import __version__
-from streamorch.core.modules import ModuleStatus
+from streamorch.backing import diagnose
+from streamorch.backing.endpoints import RedisTarget
 from streamorch.domain.errors import StoreError
+from streamorch.domain.probes import Probe, schema_problem
 from streamorch.domain.problems import Problem
-from streamorch.services import diagnose
-from streamorch.services.endpoints import RedisTarget
-from streamorch.store import migrations
+from streamorch.ops.modules import ModuleStatus
+from streamorch.store import clients, diagnostics, migrations
+from streamorch.store.clients import RedisClient
 from streamorch.store.database import DatabaseManager
 
 log = logging.getLogger(__name__)
@@ -50,7 +46,6 @@ MONITOR_TIMEOUT_S = 1.0
 HISTORY_SIZE = 120  # probes kept per service: one minute at the monitor's pace
 STALE_PASSES = 5  # the reconciler is stale after this many intervals without a pass
 OVERLOAD_FRACTION = 0.5  # of the lease margin: see server_load()
-REDIS_PROBE_KEY = "streamorch:health:probe"
 
 Check = dict[str, Any]
 
@@ -67,34 +62,12 @@ def iso(value: datetime | float | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+def ok(name: str, latency_ms: float | None, details: dict[str, Any]) -> Probe:
+    return Probe.passed(name, latency_ms, data=details)
 
 
-@cache
-def query(name: str) -> str:
-    text = (resources.files("streamorch.store") / "sql" / "health.sql").read_text()
-    parts = _HEADER.split(text)
-    return dict(zip(parts[1::2], (b.strip() for b in parts[2::2]), strict=True))[name]
-
-
-def ok(latency_ms: float | None, details: dict[str, Any]) -> Check:
-    return {
-        "status": "ready",
-        "latency_ms": latency_ms,
-        "details": details,
-        "error": None,
-        "suggestion": None,
-    }
-
-
-def failed(problem: Problem, details: dict[str, Any] | None = None) -> Check:
-    return {
-        "status": "error",
-        "latency_ms": None,
-        "details": {**(details or {}), "code": problem.code},
-        "error": problem.message,
-        "suggestion": problem.fix,
-    }
+def failed(name: str, problem: Problem, details: dict[str, Any] | None = None) -> Probe:
+    return Probe.failed(name, problem, details)
 
 
 def _ms(started: float) -> float:
@@ -102,22 +75,6 @@ def _ms(started: float) -> float:
 
 
 # -- PostgreSQL ------------------------------------------------------------------------
-
-
-def schema_problem(version: int, expected: int) -> Problem | None:
-    if version < expected:
-        return Problem(
-            "postgres.schema_outdated",
-            f"schema is at version {version}, this orchestrator needs {expected}",
-            "run `streamorch migrate`",
-        )
-    if version > expected:
-        return Problem(
-            "postgres.schema_too_new",
-            f"schema is at version {version}, newer than this orchestrator knows ({expected})",
-            "run the release that migrated it, or a newer one",
-        )
-    return None
 
 
 def read_only_problem(db: DatabaseManager) -> Problem:
@@ -131,78 +88,60 @@ def read_only_problem(db: DatabaseManager) -> Problem:
 
 
 def _pg_problem(db: DatabaseManager, exc: BaseException) -> Problem:
-    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+    if isinstance(exc, diagnostics.ReadOnly):
         return read_only_problem(db)
     return diagnose.postgres_problem(exc, db.target)
 
 
-_PG_ERRORS = (psycopg.Error, StoreError, OSError, TimeoutError)
+_PG_ERRORS = (StoreError, OSError, TimeoutError)
 
 
-async def check_postgres(db: DatabaseManager) -> Check:
+async def check_postgres(db: DatabaseManager) -> Probe:
     """The deep check: version, schema, last cluster pass, and a rolled-back write + read."""
     if not db.is_open:
-        return failed(not_started("the PostgreSQL pool is not open yet"))
+        return failed("postgresql", not_started("the PostgreSQL pool is not open yet"))
     details: dict[str, Any] = {"schema_expected": migrations.expected_version()}
-    started = time.perf_counter()
     try:
-        async with (
-            asyncio.timeout(CHECK_TIMEOUT_S),
-            db.pool.connection(timeout=CHECK_TIMEOUT_S) as conn,
-        ):
-            cur = await conn.execute("SELECT current_setting('server_version')")
-            details["server_version"] = (await cur.fetchone())[0]
-            latency = _ms(started)
-            cur = await conn.execute(query("schema_version"))
-            details["schema_version"] = int((await cur.fetchone())[0])
-            if details["schema_version"]:
-                cur = await conn.execute(query("cluster_pass"))
-                row = await cur.fetchone()
-                if row is not None:
-                    details["last_pass_at"] = iso(row[0])
-                    details["last_pass_age_s"] = None if row[1] is None else round(row[1], 3)
-            ops = time.perf_counter()
-            async with conn.transaction(force_rollback=True):
-                cur = await conn.execute(query("probe_write"))
-                probe_id = (await cur.fetchone())[0]
-                cur = await conn.execute(query("probe_read"), {"id": probe_id})
-                read = await cur.fetchone()
-            if read is None or read[0] != "health_probe":
-                raise StoreError("the operations test did not read back what it wrote")
-            details["operations"] = {"write_read": "ok", "latency_ms": _ms(ops)}
+        latency = await diagnostics.deep_check(db, CHECK_TIMEOUT_S, details)
     except _PG_ERRORS as exc:
-        return failed(_pg_problem(db, exc), details)
+        return failed("postgresql", _pg_problem(db, exc), _iso_pass(details))
     problem = schema_problem(details["schema_version"], details["schema_expected"])
     if problem is not None:
-        return failed(problem, details)
-    return ok(latency, details)
+        return failed("postgresql", problem, _iso_pass(details))
+    return ok("postgresql", latency, _iso_pass(details))
 
 
-async def ready_postgres(db: DatabaseManager) -> Check:
+def _iso_pass(details: dict[str, Any]) -> dict[str, Any]:
+    if "last_pass_at" in details:
+        details["last_pass_at"] = iso(details["last_pass_at"])
+    return details
+
+
+async def ready_postgres(db: DatabaseManager) -> Probe:
     """Readiness: PostgreSQL answers now and the schema is at the expected version."""
     if not db.is_open:
-        return failed(not_started("the PostgreSQL pool is not open yet"))
+        return failed("postgresql", not_started("the PostgreSQL pool is not open yet"))
     expected = migrations.expected_version()
     started = time.perf_counter()
     try:
-        async with (
-            asyncio.timeout(READY_TIMEOUT_S),
-            db.pool.connection(timeout=READY_TIMEOUT_S) as conn,
-        ):
-            cur = await conn.execute(query("schema_version"))
-            version = int((await cur.fetchone())[0])
+        version = await diagnostics.schema_version(db, READY_TIMEOUT_S)
     except _PG_ERRORS as exc:
-        return failed(_pg_problem(db, exc))
+        return failed("postgresql", _pg_problem(db, exc))
     details = {"schema_version": version, "schema_expected": expected}
     problem = schema_problem(version, expected)
-    return failed(problem, details) if problem else ok(_ms(started), details)
+    return (
+        failed("postgresql", problem, details)
+        if problem
+        else ok("postgresql", _ms(started), details)
+    )
 
 
 # -- Redis -----------------------------------------------------------------------------
 
 
-def redis_not_configured(required: bool) -> Check:
+def redis_not_configured(required: bool) -> Probe:
     return failed(
+        "redis",
         Problem(
             "redis.not_configured",
             "Redis is not configured",
@@ -212,30 +151,23 @@ def redis_not_configured(required: bool) -> Check:
     )
 
 
-_REDIS_ERRORS = (aioredis.RedisError, OSError, TimeoutError)
+_REDIS_ERRORS = (StoreError, OSError, TimeoutError)
 
 
 async def check_redis(
-    client: aioredis.Redis | None, target: RedisTarget | None, required: bool
-) -> Check:
+    client: RedisClient | None, target: RedisTarget | None, required: bool
+) -> Probe:
     """The deep check: PING, server INFO, and a SET with a TTL read back."""
     if client is None or target is None:
         return redis_not_configured(required)
     details: dict[str, Any] = {"required": required}
-    started = time.perf_counter()
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_S):
-            await client.ping()
-            latency = _ms(started)
-            info = await client.info()
-            ops = time.perf_counter()
-            value = f"{os.getpid()}:{time.time()}"
-            await client.set(REDIS_PROBE_KEY, value, ex=10)
-            read = await client.get(REDIS_PROBE_KEY)
+        seen = await clients.check_redis(client, CHECK_TIMEOUT_S)
     except _REDIS_ERRORS as exc:
-        return failed(diagnose.redis_problem(exc, target), details)
-    if (read.decode() if isinstance(read, bytes) else read) != value:
+        return failed("redis", diagnose.redis_problem(exc, target), details)
+    if not seen.read_back:
         return failed(
+            "redis",
             Problem(
                 "redis.error",
                 "Redis did not return the value just written",
@@ -243,24 +175,23 @@ async def check_redis(
             ),
             details,
         )
+    info = seen.info
     details.update(
         server_version=info.get("valkey_version") or info.get("redis_version"),
         uptime_s=info.get("uptime_in_seconds"),
         connected_clients=info.get("connected_clients"),
         used_memory_mb=round(info.get("used_memory", 0) / 2**20, 1),
-        operations={"set_get_ttl": "ok", "latency_ms": _ms(ops)},
+        operations={"set_get_ttl": "ok", "latency_ms": seen.operations_ms},
     )
-    return ok(latency, details)
+    return ok("redis", seen.latency_ms, details)
 
 
-async def ping_redis(client: aioredis.Redis, target: RedisTarget) -> Check:
-    started = time.perf_counter()
+async def ping_redis(client: RedisClient, target: RedisTarget) -> Probe:
     try:
-        async with asyncio.timeout(MONITOR_TIMEOUT_S):
-            await client.ping()
+        latency = await clients.ping_redis(client, MONITOR_TIMEOUT_S)
     except _REDIS_ERRORS as exc:
-        return failed(diagnose.redis_problem(exc, target))
-    return ok(_ms(started), {})
+        return failed("redis", diagnose.redis_problem(exc, target))
+    return ok("redis", latency, {})
 
 
 # -- monitors --------------------------------------------------------------------------
@@ -285,14 +216,14 @@ class ServiceMonitor:
         self,
         name: str,
         label: str,
-        probe: Callable[[], Awaitable[Check]],
+        probe: Callable[[], Awaitable[Probe]],
         interval: float = MONITOR_INTERVAL_S,
     ) -> None:
         self.name = name
         self.label = label
         self.probe = probe
         self.interval = interval
-        self.last: Check | None = None
+        self.last: Probe | None = None
         self.checked_at: float | None = None  # time.monotonic()
         self.down_since: float | None = None  # time.time()
         self.history: deque[Sample] = deque(maxlen=HISTORY_SIZE)
@@ -304,39 +235,39 @@ class ServiceMonitor:
     @property
     def available(self) -> bool | None:
         """None until the first probe."""
-        return None if self.last is None else self.last["status"] == "ready"
+        return None if self.last is None else self.last.ok
 
-    def fresh(self, max_age: float = READY_FRESH_S) -> Check | None:
+    def fresh(self, max_age: float = READY_FRESH_S) -> Probe | None:
         """The last probe if it succeeded less than `max_age` seconds ago."""
         recent = self.checked_at is not None and time.monotonic() - self.checked_at <= max_age
         return self.last if self.available and recent else None
 
-    def note(self, check: Check, source: str) -> None:
+    def note(self, check: Probe, source: str) -> None:
         """Keep the response time of a check made elsewhere (it says nothing of availability:
         a deep check can fail on a server that answers)."""
         self.history.append(
-            Sample(time.time(), check["status"] == "ready", check["latency_ms"], source)
+            Sample(time.time(), check.ok, check.latency_ms if check.ok else None, source)
         )
 
-    def record(self, check: Check, source: str = "monitor") -> None:
+    def record(self, check: Probe, source: str = "monitor") -> None:
         was = self.available
         self.last = check
         self.checked_at = time.monotonic()
         now = time.time()
-        up = check["status"] == "ready"
-        self.history.append(Sample(now, up, check["latency_ms"], source))
+        up = check.ok
+        self.history.append(Sample(now, up, check.latency_ms if up else None, source))
         if not up and was is not False:
             self.down_since = now
             self.losses += 1
             log.warning(
                 "%s unavailable: %s",
                 self.label,
-                check["error"],
+                check.problem.message if check.problem else check.detail,
                 extra={
                     "action": "service_unavailable",
                     "service": self.name,
-                    "code": check["details"].get("code"),
-                    "fix": check["suggestion"],
+                    "code": check.problem.code if check.problem else None,
+                    "fix": check.problem.fix if check.problem else None,
                 },
             )
         elif up and was is False:
@@ -351,17 +282,18 @@ class ServiceMonitor:
             for callback in self.on_recovery:
                 callback()
 
-    async def check(self) -> Check:
+    async def check(self) -> Probe:
         try:
             async with asyncio.timeout(MONITOR_TIMEOUT_S * 2):
                 result = await self.probe()
         except TimeoutError:
             result = failed(
+                self.name,
                 Problem(
                     f"{'postgres' if self.name == 'postgresql' else self.name}.timeout",
                     f"{self.label} did not answer within {MONITOR_TIMEOUT_S * 2:g} s",
                     "check the network path and the server's load",
-                )
+                ),
             )
         self.record(result)
         return result
@@ -411,7 +343,7 @@ class ServiceMonitor:
 
 
 def start_monitors(
-    db: DatabaseManager, client: aioredis.Redis | None, target: RedisTarget | None
+    db: DatabaseManager, client: RedisClient | None, target: RedisTarget | None
 ) -> dict[str, ServiceMonitor]:
     # The PostgreSQL probe is /ready's own check (answers + schema version), so /ready
     # can answer from it without a round trip of its own.

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import redis.exceptions
 
+from streamorch.backing.endpoints import PostgresTarget, RedisTarget
+from streamorch.domain.errors import StoreError
 from streamorch.domain.problems import Problem
-from streamorch.services.endpoints import PostgresTarget, RedisTarget
 
 # Problems that waiting will not fix: report them at once instead of retrying.
 PERMANENT = {
@@ -21,7 +22,13 @@ PERMANENT = {
 }
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The driver's own exception when the store wrapped it (StoreError keeps it as cause)."""
+    return exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
+
+
 def postgres_problem(exc: BaseException, target: PostgresTarget) -> Problem:
+    exc = _cause(exc)
     text = str(exc).strip()
     lowered = text.lower()
     where = f"{target.host}:{target.port}"
@@ -102,6 +109,7 @@ def postgres_problem(exc: BaseException, target: PostgresTarget) -> Problem:
 
 
 def redis_problem(exc: BaseException, target: RedisTarget) -> Problem:
+    exc = _cause(exc)
     text = str(exc).strip()
     lowered = text.lower()
     where = f"{target.host}:{target.port}"

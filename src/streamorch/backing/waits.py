@@ -12,8 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import replace
 
 import psycopg
 import redis.asyncio as aioredis
@@ -25,26 +24,16 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from streamorch.backing import diagnose
+from streamorch.backing.endpoints import PostgresTarget, RedisTarget
 from streamorch.domain.errors import ServiceUnavailable
+from streamorch.domain.probes import Probe
 from streamorch.domain.problems import Problem
-from streamorch.services import diagnose
-from streamorch.services.endpoints import PostgresTarget, RedisTarget
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ProbeResult:
-    service: str
-    ok: bool
-    latency_ms: float | None = None
-    version: str | None = None
-    problem: Problem | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    attempts: int = 1
-
-
-async def probe_postgres(target: PostgresTarget, timeout: float = 5.0) -> ProbeResult:
+async def probe_postgres(target: PostgresTarget, timeout: float = 5.0) -> Probe:
     """Connect and run `SELECT 1`: accepting connections is not enough."""
     started = time.perf_counter()
     try:
@@ -56,14 +45,14 @@ async def probe_postgres(target: PostgresTarget, timeout: float = 5.0) -> ProbeR
                 cur = await conn.execute("SELECT 1, current_setting('server_version')")
                 row = await cur.fetchone()
     except (psycopg.Error, OSError, TimeoutError) as exc:
-        return ProbeResult("postgresql", False, problem=diagnose.postgres_problem(exc, target))
+        return Probe.failed("postgresql", diagnose.postgres_problem(exc, target))
     latency = (time.perf_counter() - started) * 1000
     assert row is not None
     assert row[0] == 1
-    return ProbeResult("postgresql", True, latency_ms=round(latency, 2), version=str(row[1]))
+    return Probe.passed("postgresql", round(latency, 2), version=str(row[1]))
 
 
-async def probe_redis(target: RedisTarget, timeout: float = 5.0) -> ProbeResult:
+async def probe_redis(target: RedisTarget, timeout: float = 5.0) -> Probe:
     """Connect and `PING`."""
     started = time.perf_counter()
     client = aioredis.Redis.from_url(
@@ -74,30 +63,28 @@ async def probe_redis(target: RedisTarget, timeout: float = 5.0) -> ProbeResult:
             await client.ping()
             info = await client.info("server")
     except (aioredis.RedisError, OSError, TimeoutError) as exc:
-        return ProbeResult("redis", False, problem=diagnose.redis_problem(exc, target))
+        return Probe.failed("redis", diagnose.redis_problem(exc, target))
     finally:
         await client.aclose()
     latency = (time.perf_counter() - started) * 1000
     version = str(info.get("valkey_version") or info.get("redis_version") or "unknown")
-    return ProbeResult("redis", True, latency_ms=round(latency, 2), version=version)
+    return Probe.passed("redis", round(latency, 2), version=version)
 
 
-async def wait_for_postgres(target: PostgresTarget, timeout: float) -> ProbeResult:
+async def wait_for_postgres(target: PostgresTarget, timeout: float) -> Probe:
     return await _wait("postgresql", lambda t: probe_postgres(target, t), timeout)
 
 
-async def wait_for_redis(target: RedisTarget, timeout: float) -> ProbeResult:
+async def wait_for_redis(target: RedisTarget, timeout: float) -> Probe:
     return await _wait("redis", lambda t: probe_redis(target, t), timeout)
 
 
-async def _wait(
-    service: str, probe: Callable[[float], Awaitable[ProbeResult]], timeout: float
-) -> ProbeResult:
+async def _wait(service: str, probe: Callable[[float], Awaitable[Probe]], timeout: float) -> Probe:
     started = time.monotonic()
     attempts = 0
-    last: ProbeResult | None = None
+    last: Probe | None = None
 
-    async def attempt() -> ProbeResult:
+    async def attempt() -> Probe:
         nonlocal attempts, last
         attempts += 1
         remaining = max(0.5, timeout - (time.monotonic() - started))
@@ -112,7 +99,7 @@ async def _wait(
             )
         return last
 
-    def keep_trying(result: ProbeResult) -> bool:
+    def keep_trying(result: Probe) -> bool:
         return not result.ok and not (result.problem and diagnose.is_permanent(result.problem))
 
     retrying = AsyncRetrying(
@@ -125,7 +112,7 @@ async def _wait(
     except RetryError:
         result = last
     assert result is not None
-    result.attempts = attempts
+    result = replace(result, attempts=attempts)
     if result.ok:
         return result
     assert result.problem is not None

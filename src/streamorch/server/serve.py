@@ -5,7 +5,7 @@ after which the embedded servers this process owns are stopped, PostgreSQL last.
 The process exits 0 on such a requested stop, or with the failing phase's code.
 
 With embedded servers, the data directory belongs to one process at a time
-(services/instance.py): a second start on it refuses before doing anything, and a
+(backing/instance.py): a second start on it refuses before doing anything, and a
 process only ever stops the servers it started (or took over from a dead instance).
 """
 
@@ -16,14 +16,15 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
 from types import FrameType
 
+from streamorch.backing.instance import AlreadyRunning, InstanceLock
 from streamorch.config import Settings
-from streamorch.core.startup import EmbeddedServices, ExitCode, StartupReport, run_startup
 from streamorch.domain.errors import StartupError
 from streamorch.domain.problems import Problem
-from streamorch.services.instance import AlreadyRunning, InstanceLock
+from streamorch.ops.exposure import OPEN_API_FIX, exposed, open_api_warning
+from streamorch.ops.startup import EmbeddedServices, ExitCode, StartupReport, run_startup
+from streamorch.server.loop import loop_factory, release_long_polls
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,6 @@ class StopRequested(BaseException):
 
 def _request_stop(signum: int, frame: FrameType | None) -> None:
     raise StopRequested(signal.Signals(signum).name)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when it is installed (a dependency on Linux): cheaper I/O per request."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def serve(settings: Settings, *, keep_services: bool = False) -> int:
@@ -57,7 +49,7 @@ def serve(settings: Settings, *, keep_services: bool = False) -> int:
             return _refuse_second_start(exc)
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(_serve(settings, services, began, instance))
     except StopRequested as stop:
         log.info("stop requested (%s); shutting down", stop, extra={"action": "stop_requested"})
@@ -127,30 +119,6 @@ def warn_if_exposed(settings: Settings) -> bool:
     return True
 
 
-def exposed(settings: Settings) -> bool:
-    """Reachable from other machines (not bound to loopback) without any token."""
-    import ipaddress
-
-    host = settings.orchestrator_host
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    return not (loopback or settings.admin_token is not None or settings.worker_token is not None)
-
-
-OPEN_API_FIX = "set STREAMORCH_ADMIN_TOKEN and STREAMORCH_WORKER_TOKEN, or bind to 127.0.0.1"
-
-
-def open_api_warning(settings: Settings) -> str:
-    """The warning about an API without tokens (the log's, also shown by the dashboard)."""
-    return (
-        f"THE API IS OPEN: listening on {settings.orchestrator_host} without "
-        "STREAMORCH_ADMIN_TOKEN or STREAMORCH_WORKER_TOKEN — anyone who can reach this port "
-        "can change the catalog and the fleet"
-    )
-
-
 def bind_socket(settings: Settings) -> socket.socket:
     host, port = settings.orchestrator_host, settings.orchestrator_port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -175,12 +143,6 @@ def bind_socket(settings: Settings) -> socket.socket:
         ) from exc
     sock.set_inheritable(True)
     return sock
-
-
-def _release_long_polls(app) -> None:
-    runtime = getattr(app.state, "runtime", None)
-    if runtime is not None and runtime.orchestrator is not None:
-        runtime.orchestrator.notifier.release_all()
 
 
 async def _serve(
@@ -224,7 +186,7 @@ async def _serve(
             access_log=False,
             timeout_graceful_shutdown=10,
         )
-        server = _Server(config, on_exit=lambda: _release_long_polls(app))
+        server = _Server(config, on_exit=lambda: release_long_polls(app))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not server_task.done():
             await asyncio.sleep(0.01)
@@ -261,7 +223,7 @@ async def _serve_processes(settings: Settings, sock: socket.socket, began: float
     A raising signal handler cannot unwind an event loop that waits in uvloop (it only logs
     the exception), so while supervising, SIGTERM/SIGINT set an event instead.
     """
-    from streamorch.core.processes import ServerProcesses
+    from streamorch.server.processes import ServerProcesses
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
