@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -90,10 +91,15 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
             runtime.monitors = start_monitors(db, redis_client, redis_target)
             # Back from an outage: run a pass now rather than when the backoff ends.
             runtime.monitors["postgresql"].on_recovery.append(runtime.orchestrator.reconciler.wake)
+            # What start-up built lives as long as the process: out of the collector's
+            # sight, a full collection scans only what requests create (a few ms, not
+            # ~80 ms with the loop held: docs/decisions/0025-no-request-stalls-the-loop.md).
+            gc.freeze()
             runtime.ready = True
             yield
         finally:
             runtime.ready = False
+            gc.unfreeze()  # what stops now may be collected (tests start many apps)
             await stop_monitors(runtime.monitors)
             if runtime.orchestrator is not None:
                 await runtime.orchestrator.stop()
