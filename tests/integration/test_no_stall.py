@@ -101,7 +101,7 @@ def where(handle, task, frame):
     )
 
 
-collecting = [0.0, 0.0]  # started, total
+collecting = [0.0, 0.0]  # started, total in the loop thread
 
 
 def gc_time(phase, info):
@@ -111,7 +111,8 @@ def gc_time(phase, info):
         collecting[0] = time.thread_time()
         return
     spent = time.thread_time() - collecting[0]
-    collecting[1] += spent
+    if threading.current_thread() is threading.main_thread():  # the loop's own
+        collecting[1] += spent
     if spent >= least:
         where = f"gc generation {info['generation']} in {threading.current_thread().name}"
         write({"at": time.time(), "cpu": spent, "wall": spent, "gc": spent, "where": where})
