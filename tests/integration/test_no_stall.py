@@ -1,25 +1,33 @@
 """No request stalls the server: while the largest pages every list allows are fetched
 over and over, on a history of thousands of departed workers and 100,000 events, 40
-workers keep heartbeating, none of their heartbeats takes over 100 ms on the server and
-no lease is lost.
+workers keep heartbeating, no lease is lost, and nothing holds the event loop.
 
-The server is a `streamorch serve` process of its own, so the test's own work (40
-simulated workers, the list calls) is not on its event loop. Heartbeat times are the
-server's: its request-duration histogram (`/metrics`), which starts when the request
-reaches the app and ends with the answer, so a stalled loop shows in it. Quiet phases
-(heartbeats alone) alternate with loaded ones: on a machine so busy with other jobs that
-heartbeats alone come near 100 ms, the bound becomes the histogram bucket above the
-slowest quiet heartbeat, so the lists must still add no stall of their own.
+"Holds the loop" is measured in CPU time, not in heartbeat latency: on a machine shared
+with other jobs a heartbeat can wait 100 ms for a core whatever the server does, so a
+wall-clock bound either fails for nothing or is loosened until it proves nothing. The
+server (a `streamorch serve` process of its own, so the test's 40 simulated workers are
+not on its loop) runs under PROBE, which times every event-loop callback with
+`time.thread_time()` — what the loop's thread computed in it — and every garbage
+collection in any thread (a collection holds the interpreter lock, so the loop waits for
+it wherever it runs). While pages are listed none may exceed LOOP_CPU_S. Before the fix
+(docs/decisions/0025-no-request-stalls-the-loop.md) a 1,000-row page spent 15–45 ms of
+the loop converting rows, and full collections of the start-up heap took 70–85 ms.
+
+The wall-clock goal (no heartbeat over 100 ms on the server) is measured by
+`bench/soak.py` and recorded in docs/benchmarks.md; this test prints the count it saw.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -40,10 +48,11 @@ EVENTS = 100_000
 LOAD_S = 8.0
 HEARTBEAT = "/v1/workers/{worker_id}/heartbeat"
 LISTERS = 2
-PHASES = 4  # quiet and loaded phases, alternating, LOAD_S / PHASES seconds each
-TIGHT_S = 0.1
-# The request-duration histogram's buckets (api/metrics.py), as the exposition prints them.
-BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+# The most CPU one loop callback, or one garbage collection, may take while pages are
+# listed. The goal is 20 ms (a page's own steps now take under 5 ms, a full collection
+# under 10 ms); the margin is for CPU time itself growing on a loaded machine.
+LOOP_CPU_S = 0.025
+GOAL_S = 0.1  # the wall-clock goal for heartbeats, printed (bench/soak.py measures it)
 
 PREFILL = f"""
 INSERT INTO streams (key, url)
@@ -62,8 +71,81 @@ UPDATE cluster SET generation = generation + 1;
 """  # noqa: S608 (only this module's numbers are formatted in)
 
 
+# `streamorch serve`, with every event-loop callback timed in CPU seconds of the loop's
+# thread (time.thread_time: what the callback itself computed, not how long this busy
+# machine made it wait), and every garbage collection in the thread that ran it. Those
+# over STALL_PROBE_MIN_S are written to STALL_PROBE_OUT, one JSON line each: when, CPU,
+# wall time, collection time inside, and which request (or where the task stopped).
+PROBE = """
+import asyncio.events, gc, json, os, runpy, sys, threading, time
+
+sys.modules["uvloop"] = None  # its callbacks are compiled: serve on asyncio's own loop
+
+out = os.environ["STALL_PROBE_OUT"]
+least = float(os.environ.get("STALL_PROBE_MIN_S", "0.005"))
+run = asyncio.events.Handle._run
+
+
+def task_of(handle):
+    task = getattr(handle._callback, "__self__", None)
+    return task if isinstance(task, asyncio.Task) else None
+
+
+def where(handle, task, frame):
+    if task is None:
+        return repr(handle)[:300]
+    scope = getattr(frame.f_locals.get("self"), "scope", None) if frame else None
+    request = f"{scope['method']} {scope['path']}?{scope['query_string'].decode()} " if scope else ""
+    return request + " > ".join(
+        f"{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno} {f.f_code.co_name}"
+        for f in task.get_stack(limit=None)
+    )
+
+
+collecting = [0.0, 0.0]  # started, total in the loop thread
+
+
+def gc_time(phase, info):
+    # A collection holds the interpreter lock in whichever thread runs it: the loop
+    # waits for it even when a worker thread collects.
+    if phase == "start":
+        collecting[0] = time.thread_time()
+        return
+    spent = time.thread_time() - collecting[0]
+    if threading.current_thread() is threading.main_thread():  # the loop's own
+        collecting[1] += spent
+    if spent >= least:
+        where = f"gc generation {info['generation']} in {threading.current_thread().name}"
+        write({"at": time.time(), "cpu": spent, "wall": spent, "gc": spent, "where": where})
+
+
+gc.callbacks.append(gc_time)
+
+
+def write(line):
+    with open(out, "a") as f:
+        f.write(json.dumps(line) + "\\n")
+
+
+def timed(handle):
+    task = task_of(handle)
+    frame = getattr(task.get_coro(), "cr_frame", None) if task else None  # kept past its end
+    cpu, wall, gc_before = time.thread_time(), time.monotonic(), collecting[1]
+    run(handle)
+    cpu = time.thread_time() - cpu
+    if cpu >= least:
+        wall = time.monotonic() - wall
+        gc = collecting[1] - gc_before
+        write({"at": time.time(), "cpu": cpu, "wall": wall, "gc": gc, "where": where(handle, task, frame)})
+
+
+asyncio.events.Handle._run = timed
+runpy.run_module("streamorch", run_name="__main__", alter_sys=True)
+"""
+
+
 @pytest.fixture
-def server(postgres_server, template_database, redis_url, tmp_path) -> Iterator[str]:
+def server(postgres_server, template_database, redis_url, tmp_path) -> Iterator[Server]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     _recreate(postgres_server, name, template=template_database)
     with psycopg.connect(postgres_server.conninfo(name), autocommit=True) as conn:
@@ -79,12 +161,13 @@ def server(postgres_server, template_database, redis_url, tmp_path) -> Iterator[
         LEASE_TTL="5",
         RECONCILE_INTERVAL="0.5",
         LOG_LEVEL="WARNING",
+        STALL_PROBE_OUT=str(tmp_path / "callbacks.jsonl"),
     )
     for token in ("STREAMORCH_WORKER_TOKEN", "STREAMORCH_ADMIN_TOKEN"):
         env.pop(token, None)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamorch", "serve"],
+            [sys.executable, "-c", PROBE, "serve"],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -103,7 +186,7 @@ def server(postgres_server, template_database, redis_url, tmp_path) -> Iterator[
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        yield url
+        yield Server(url, tmp_path / "callbacks.jsonl")
     finally:
         proc.terminate()
         try:
@@ -112,6 +195,19 @@ def server(postgres_server, template_database, redis_url, tmp_path) -> Iterator[
             proc.kill()
             proc.wait(timeout=10)
         drop_database(postgres_server, name)
+
+
+@dataclass
+class Server:
+    url: str
+    probe: Path  # STALL_PROBE_OUT
+
+    def held_loop(self, start: float, end: float) -> list[dict]:
+        """What held the loop (see PROBE) between two `time.time()`s, longest first."""
+        if not self.probe.exists():
+            return []
+        lines = [json.loads(line) for line in self.probe.read_text().splitlines()]
+        return sorted((x for x in lines if start <= x["at"] <= end), key=lambda x: -x["cpu"])
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple], float]:
@@ -151,8 +247,11 @@ LARGEST_PAGES = [
 ]
 
 
-async def test_heartbeats_stay_fast_while_the_largest_pages_are_listed(server):
-    async with httpx.AsyncClient(base_url=server, timeout=30) as client, Fleet(server) as fleet:
+async def test_nothing_holds_the_loop_while_the_largest_pages_are_listed(server):
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        Fleet(server.url) as fleet,
+    ):
         await fleet.start(WORKERS, capacity=50)
 
         async def placed() -> bool:
@@ -160,15 +259,10 @@ async def test_heartbeats_stay_fast_while_the_largest_pages_are_listed(server):
             return status["streams"]["assigned"] == STREAMS and status["streams"]["moving"] == 0
 
         await wait_until(placed, timeout=60, what="every stream placed")
-        # Quiet phases (heartbeats alone) alternate with loaded ones, so both sample the
-        # same machine: the quiet ones tell what it can resolve.
-        quiet = dict.fromkeys(BUCKETS, 0.0)
-        loaded = dict.fromkeys(BUCKETS, 0.0)
-        beats = 0.0
         listed: dict[str, int] = {}
 
-        async def lister(offset: int, seconds: float) -> None:
-            stop = time.monotonic() + seconds
+        async def lister(offset: int) -> None:
+            stop = time.monotonic() + LOAD_S
             i = offset
             while time.monotonic() < stop:
                 path, params, expected = LARGEST_PAGES[i % len(LARGEST_PAGES)]
@@ -179,44 +273,33 @@ async def test_heartbeats_stay_fast_while_the_largest_pages_are_listed(server):
                 listed[path] = listed.get(path, 0) + 1
                 i += 1
 
-        for _ in range(PHASES):
-            start = await scrape(client)
-            await asyncio.sleep(LOAD_S / PHASES)
-            middle = await scrape(client)
-            await asyncio.gather(*(lister(k, LOAD_S / PHASES) for k in range(LISTERS)))
-            end = await scrape(client)
-            beats += heartbeats(end) - heartbeats(middle)
-            for bound in BUCKETS:
-                quiet[bound] += slow_heartbeats(start, middle, bound)
-                loaded[bound] += slow_heartbeats(middle, end, bound)
-        after = end
+        before = await scrape(client)
+        start = time.time()
+        await asyncio.gather(*(lister(k) for k in range(LISTERS)))
+        end = time.time()
+        after = await scrape(client)
         statuses = (await client.get("/v1/status")).json()["workers"]
 
-    # 100 ms is the goal. A machine so loaded by other jobs that heartbeats alone come
-    # near it cannot resolve it: the bound is then the next bucket above the slowest quiet
-    # heartbeat, so the lists still may add no stall of their own (an unbounded page
-    # stalled the loop for seconds).
-    quiet_max = next((b for b in BUCKETS if quiet[b] == 0), BUCKETS[-1])
-    bound = max(TIGHT_S, next_bucket(quiet_max))
+    beats = heartbeats(after) - heartbeats(before)
+    slow = beats - (heartbeats(after, str(GOAL_S)) - heartbeats(before, str(GOAL_S)))
+    held = server.held_loop(start, end)
+    # The probe works: it saw start-up (hundreds of ms of CPU in a few callbacks).
+    assert server.held_loop(0, start), "the probe recorded nothing"
+    print(
+        f"{sum(listed.values())} pages listed; {slow:.0f} of {beats:.0f} heartbeats over "
+        f"{GOAL_S} s (wall clock, this machine); longest loop hold "
+        + (f"{held[0]['cpu'] * 1000:.1f} ms CPU: {held[0]['where'][:120]}" if held else "< 5 ms")
+    )
+    assert set(listed) == {path for path, _, _ in LARGEST_PAGES}, listed
     assert beats >= WORKERS * LOAD_S / 4  # the fleet kept heartbeating throughout
-    assert sum(listed.values()) >= len(LARGEST_PAGES)
-    # The 100 ms goal itself is a wall-clock figure, measured by bench/soak.py and recorded in
-    # docs/benchmarks.md: on this 2-core machine 1–11 of ~590 loaded heartbeats passed it in
-    # some runs. What must hold whatever the machine: no lease lost, nothing rejected.
-    print(f"{loaded[bound]:.0f} of {beats:.0f} heartbeats over {bound} s while pages were listed")
-    rejected = counter(after, "streamorch_heartbeats_total", result="rejected")
-    assert rejected == 0
+    too_long = [
+        f"{x['cpu'] * 1000:.1f} ms CPU ({x['gc'] * 1000:.1f} collecting): {x['where'][:300]}"
+        for x in held
+        if x["cpu"] > LOOP_CPU_S
+    ]
+    assert too_long == [], "held the event loop while pages were listed:\n" + "\n".join(too_long)
+    assert counter(after, "streamorch_heartbeats_total", result="rejected") == 0
     assert counter(after, "streamorch_lease_expirations_total") == 0
     assert statuses["active"] == WORKERS
     assert fleet.problems() == []
     assert all(not w.conflicts for w in fleet.workers.values())
-
-
-def slow_heartbeats(before: dict, after: dict, bound: float) -> float:
-    """Heartbeats between two scrapes that took longer than `bound` seconds."""
-    total = heartbeats(after) - heartbeats(before)
-    return total - (heartbeats(after, str(bound)) - heartbeats(before, str(bound)))
-
-
-def next_bucket(bound: float) -> float:
-    return BUCKETS[min(BUCKETS.index(bound) + 1, len(BUCKETS) - 1)]

@@ -8,6 +8,7 @@ handlers read the runtime through `api/deps.py`.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -82,11 +83,16 @@ class Runtime:
         self.monitors = start_monitors(db, redis_client, self.redis_target)
         # Back from an outage: run a pass now rather than when the backoff ends.
         self.monitors["postgresql"].on_recovery.append(self.orchestrator.reconciler.wake)
+        # What start-up built lives as long as the process: out of the collector's
+        # sight, a full collection scans only what requests create (a few ms, not
+        # ~80 ms with the loop held: docs/decisions/0025-no-request-stalls-the-loop.md).
+        gc.freeze()
         self.ready = True
 
     async def stop(self) -> None:
         """Stop whatever `start` got to, in the reverse order; safe after a failed start."""
         self.ready = False
+        gc.unfreeze()  # what stops now may be collected (tests start many apps)
         await stop_monitors(self.monitors)
         if self.orchestrator is not None:
             await self.orchestrator.stop()

@@ -37,6 +37,7 @@ from streamorch.store.database import DatabaseManager
 from streamorch.store.heartbeats import Beat, HeartbeatBatcher
 from streamorch.store.queries import sql
 from streamorch.store.retry import retry_conflicts
+from streamorch.store.rows import fetch_dicts, page_cursor
 
 WORKER_STATUSES = frozenset({"active", "draining", "expired", "left"})
 LIVE_STATUSES = frozenset({"active", "draining"})
@@ -173,7 +174,7 @@ class EngineStore:
         Never prepared: a generic plan for these optional filters joins the whole catalog
         (seconds at 100,000 streams) where a plan for the actual values reads one page."""
         async with self.db.connection(prepared=False) as conn:
-            cur = conn.cursor(row_factory=dict_row)
+            cur = page_cursor(conn)
             await cur.execute(
                 sql("list_streams"),
                 {
@@ -184,7 +185,7 @@ class EngineStore:
                     "search": search,
                 },
             )
-            return await cur.fetchall()
+            return await fetch_dicts(cur)
 
     @retry_conflicts
     async def delete_stream(self, key: str) -> set[str]:
@@ -467,7 +468,7 @@ class EngineStore:
         # Unprepared: each call is planned with its values, so a NULL filter folds away
         # and the partial indexes apply (lists are not the hot path).
         async with self.db.connection(prepared=False) as conn:
-            cur = conn.cursor(row_factory=dict_row)
+            cur = page_cursor(conn)
             if chosen <= LIVE_STATUSES:
                 status = next(iter(chosen)) if len(chosen) == 1 else None
                 params = {"after": after, "limit": limit, "status": status}
@@ -475,7 +476,7 @@ class EngineStore:
             else:
                 params = {"after": after, "limit": limit, "statuses": sorted(chosen)}
                 await cur.execute(sql("list_workers"), params)
-            return await cur.fetchall()
+            return await fetch_dicts(cur)
 
     async def get_worker(
         self, *, name: str | None = None, worker_id: uuid.UUID | None = None
@@ -515,9 +516,9 @@ class EngineStore:
         else:
             query = "list_events"
         async with self.db.connection(prepared=False) as conn:  # planned per stream filter
-            cur = conn.cursor(row_factory=dict_row)
+            cur = page_cursor(conn)
             await cur.execute(sql(query), params)
-            return await cur.fetchall()
+            return await fetch_dicts(cur)
 
     async def snapshot(self, conn: psycopg.AsyncConnection) -> Snapshot:
         """Everything placement needs, read on `conn`; built off the event loop."""
