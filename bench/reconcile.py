@@ -2,7 +2,7 @@
 
 Starts an embedded PostgreSQL (bench/_servers.py), loads --streams streams (weight 1)
 and --workers live workers (capacity --capacity, lease an hour ahead) with plain SQL,
-and times `EngineStore.reconcile_pass` directly, each pass being one transaction as in
+and times `core.engine.reconcile_pass` directly, each pass being one transaction as in
 the server:
 
   initial      nothing placed yet: every stream is granted
@@ -51,10 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import BenchError, Stack, machine, run_bench
 
 from streamorch.config import load_settings
+from streamorch.core import engine
 from streamorch.domain import placement
 from streamorch.domain.models import Policy
+from streamorch.domain.records import PassResult
 from streamorch.services.endpoints import postgres_target
-from streamorch.store import postgres
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore
 from streamorch.store.queries import _all as all_queries
@@ -161,18 +162,18 @@ async def run(args: argparse.Namespace, stack: Stack, breakdown: Breakdown | Non
         """Every live worker reports running exactly its granted streams."""
         await sql(report_sql)
 
-    async def timed_pass(seen: int | None) -> tuple[float, postgres.PassResult]:
+    async def timed_pass(seen: int | None) -> tuple[float, PassResult]:
         await sql("UPDATE cluster SET last_pass_at = now()")
         if breakdown is not None:
             breakdown.take()  # count only the pass
         t0 = time.perf_counter()
-        r = await store.reconcile_pass(policy, seen, lease_ttl=10.0)
+        r = await engine.reconcile_pass(store, policy, seen, lease_ttl=10.0)
         took = time.perf_counter() - t0
         if not r.ran:
             raise BenchError("the reconcile lock was taken")
         return took, r
 
-    def record(name: str, took: float, r: postgres.PassResult) -> None:
+    def record(name: str, took: float, r: PassResult) -> None:
         row = {
             "s": round(took, 3),
             "planned": r.planned,

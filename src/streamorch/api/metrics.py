@@ -26,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 if TYPE_CHECKING:
     from streamorch.api.app import Runtime
     from streamorch.core.retention import RetentionReport
-    from streamorch.store.postgres import PassResult
+    from streamorch.domain.records import PassResult
 
 log = logging.getLogger(__name__)
 

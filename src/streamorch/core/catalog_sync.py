@@ -30,7 +30,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from streamorch.config import Settings
-from streamorch.store.postgres import StreamSpec
+from streamorch.domain.records import StreamSpec
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,9 @@ from collections.abc import AsyncIterator, Iterable
 import psycopg
 import redis.asyncio as aioredis
 
-from streamorch.store.postgres import NOTIFY_CHANNEL
+from streamorch.store.keys import NOTIFY_CHANNEL, REDIS_CHANNEL
 
 log = logging.getLogger(__name__)
-
-REDIS_CHANNEL = "streamorch:assignments"
 
 
 class Notifier:

@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from streamorch.config import Settings
+from streamorch.core import engine
 from streamorch.core.catalog_sync import CatalogSync
 from streamorch.core.loop_lag import LoopLag
 from streamorch.core.notifier import Notifier
@@ -24,9 +25,9 @@ from streamorch.core.retention import Retention
 from streamorch.domain import credentials, placement
 from streamorch.domain.errors import NotFound
 from streamorch.domain.models import Policy, StreamView
-from streamorch.store import postgres
+from streamorch.domain.records import HeartbeatResult, StreamSpec
 from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import EngineStore, HeartbeatResult, StreamSpec
+from streamorch.store.postgres import EngineStore
 from streamorch.store.retention import RetentionStore
 
 
@@ -34,7 +35,8 @@ class Orchestrator:
     def __init__(self, settings: Settings, db: DatabaseManager, redis: aioredis.Redis | None):
         self.settings = settings
         self.db = db
-        self.store = EngineStore(db, plan_in_thread=settings.reconcile_plan_in_thread)
+        self.store = EngineStore(db)
+        self.offload = engine.Offloader(in_thread=settings.reconcile_plan_in_thread)
         self.loop_lag = LoopLag(window_s=settings.lease_ttl)
         self.notifier = Notifier(db.target.conninfo, redis)
         self.policy = Policy(
@@ -50,6 +52,7 @@ class Orchestrator:
             self.notifier.publish,
             lease_ttl=settings.lease_ttl,
             lag=self.loop_lag,
+            offload=self.offload,
         )
         self.retention = Retention(RetentionStore(db), settings)
         # Only when a source is configured: keeps the catalog equal to its rows.
@@ -100,8 +103,7 @@ class Orchestrator:
         return counts
 
     async def explain(self, key: str) -> str:
-        async with self.db.connection() as conn:
-            snapshot = await self.store.snapshot(conn)
+        snapshot = await self.store.placement_snapshot(self.offload)
         snapshot.settling = self.reconciler.stats.settling
         if key not in snapshot.streams:
             # The snapshot holds only streams placement may act on; a disabled stream
@@ -111,7 +113,7 @@ class Orchestrator:
                 snapshot.streams[key] = StreamView(
                     key, row["weight"], row["requires"], row["enabled"]
                 )
-        return await self.store.offload(placement.explain, snapshot, key, self.policy)
+        return await self.offload(placement.explain, snapshot, key, self.policy)
 
     # -- fleet -----------------------------------------------------------------
     async def register(
@@ -174,7 +176,7 @@ class Orchestrator:
             secret=secret,
         )
         if result.became_draining:
-            await postgres.bump_generation(self.db)
+            await self.store.bump_generation()
         if result.running_changed or result.became_draining:
             self.reconciler.wake()
         return result

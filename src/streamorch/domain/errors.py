@@ -12,6 +12,7 @@
     │   ├── ServiceUnavailable  did not answer in time (carries the last problem)
     │   └── EmbeddedServiceError  an embedded server failed to start or stop
     ├── StoreError              a database operation failed (driver error as __cause__)
+    │   ├── TransactionConflict  rolled back to resolve a conflict; safe to run again
     │   └── MigrationError
     └── StartupError            a start-up phase failed; carries phase and exit code
 
@@ -94,6 +95,11 @@ class EmbeddedServiceError(ServiceError):
 
 class StoreError(StreamorchError):
     pass
+
+
+class TransactionConflict(StoreError):
+    """PostgreSQL rolled the transaction back to resolve a conflict (deadlock, serialization
+    failure): nothing of it remains, and running it again is correct."""
 
 
 class MigrationError(StoreError):

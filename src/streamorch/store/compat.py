@@ -19,8 +19,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from streamorch.domain.records import Event
 from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import RECONCILE_LOCK_KEY, Event
+from streamorch.store.passes import RECONCILE_LOCK_KEY
 from streamorch.store.queries import sql as engine_sql
 from streamorch.store.retry import retry_conflicts
 

@@ -22,8 +22,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from streamorch.domain.errors import Conflict, NotFound
+from streamorch.domain.records import Event
 from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import Event
 from streamorch.store.queries import sql as engine_sql
 from streamorch.store.retry import retry_conflicts
 

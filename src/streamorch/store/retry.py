@@ -8,11 +8,13 @@ Answering such a request with "database unavailable" would be wrong.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
+import psycopg
 from psycopg import errors
 from tenacity import (
     AsyncRetrying,
@@ -20,6 +22,8 @@ from tenacity import (
     stop_after_attempt,
     wait_random_exponential,
 )
+
+from streamorch.domain.errors import StoreError, TransactionConflict
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +61,19 @@ def retry_conflicts(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     return wrapper
+
+
+def wrapped(exc: psycopg.Error) -> StoreError:
+    """The domain error for a driver error (kept as `__cause__` by `raise … from exc`)."""
+    if isinstance(exc, CONFLICTS):
+        return TransactionConflict(f"{type(exc).__name__}: {exc}")
+    return StoreError(f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.asynccontextmanager
+async def driver_errors() -> AsyncIterator[None]:
+    """Raise driver errors of the block as `StoreError` (conflicts: `TransactionConflict`)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise wrapped(exc) from exc

@@ -175,7 +175,7 @@ def _impaired(
 ) -> list[str]:
     checks = (("postgresql", postgres), ("redis", redis))
     names = [name for name, check in checks if check["status"] != "ready"]
-    names += ["reconciler"] if reconciler["status"] == "stale" else []
+    names += ["reconciler"] if reconciler["status"] in ("stale", "failed") else []
     return names + (["server_load"] if load["status"] != "ready" else [])
 
 
@@ -207,8 +207,13 @@ async def get_ready(request: Request) -> JSONResponse:
     if not rt.ready:
         problem = health.not_started("the application is starting or stopping")
         orchestrator.update(error=problem.message, suggestion=problem.fix, code=problem.code)
+    failed = rt.orchestrator is not None and rt.orchestrator.reconciler.stats.state == "failed"
+    if failed:
+        problem = health.failed_problem(rt.orchestrator.reconciler.stats.fatal_error)
+        orchestrator.update(error=problem.message, suggestion=problem.fix, code=problem.code)
     ready = (
         rt.ready
+        and not failed
         and postgres["status"] == "ready"
         and (redis["status"] == "ready" or not rt.settings.redis_required)
     )

@@ -19,7 +19,7 @@ from streamorch.api.schemas import (
 )
 from streamorch.core.service import Orchestrator
 from streamorch.domain.errors import InvalidInput
-from streamorch.store.postgres import StreamSpec
+from streamorch.domain.records import StreamSpec
 
 router = APIRouter(
     prefix="/v1/streams", tags=["streams"], dependencies=[Depends(deps.require_admin)]

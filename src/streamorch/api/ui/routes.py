@@ -25,9 +25,9 @@ from streamorch.api.ui import security, views
 from streamorch.api.ui.templating import render
 from streamorch.core.service import Orchestrator
 from streamorch.domain import errors
+from streamorch.domain.records import StreamSpec
 from streamorch.store.compat import CompatStore
 from streamorch.store.dashboard import DashboardStore
-from streamorch.store.postgres import StreamSpec
 
 PAGE_SIZE = 50
 FORM_TYPE = "application/x-www-form-urlencoded"
