@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamorch.domain import credentials
+from streamorch.domain.errors import LeaseExpired, NotFound, Superseded
 from streamorch.domain.models import Plan
 
 
@@ -46,6 +48,36 @@ class HeartbeatResult:
     def assignments(self) -> list[dict[str, Any]]:
         loaded: list[dict[str, Any]] = json.loads(self.assignments_json)
         return loaded
+
+
+def heartbeat_result(
+    row: dict[str, Any] | None, worker_id: Any, incarnation: int
+) -> HeartbeatResult:
+    """The answer to a heartbeat from the worker's row after it (the `heartbeats`
+    statement's columns), or the error that refused it."""
+    if row is None:
+        raise NotFound("worker", str(worker_id))
+    if row["version"] is None:
+        if row["incarnation"] != incarnation:
+            raise Superseded(
+                f"incarnation {incarnation} was superseded by incarnation "
+                f"{row['incarnation']}: stop every stream and register again",
+                current_incarnation=row["incarnation"],
+            )
+        if not row["secret_ok"]:
+            raise credentials.refused(worker_id)
+        raise LeaseExpired(
+            "the lease expired (or the worker was removed): stop every stream and register again",
+            status=row["previous_status"],
+        )
+    return HeartbeatResult(
+        version=row["version"],
+        lease_expires_at=row["lease_expires_at"],
+        status=row["status"],
+        running_changed=bool(row["running_changed"]),
+        became_draining=row["previous_status"] != "draining" and row["status"] == "draining",
+        assignments_json=row["assignments"],
+    )
 
 
 @dataclass

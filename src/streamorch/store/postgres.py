@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -20,9 +19,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from streamorch.domain import credentials
-from streamorch.domain.errors import Conflict, LeaseExpired, NotFound, Superseded
+from streamorch.domain.errors import Conflict, NotFound
 from streamorch.domain.models import Snapshot
-from streamorch.domain.records import Event, HeartbeatResult, StreamSpec
+from streamorch.domain.records import Event, HeartbeatResult, StreamSpec, heartbeat_result
 from streamorch.store import passes, writes
 from streamorch.store.database import DatabaseManager
 from streamorch.store.heartbeats import Beat, HeartbeatBatcher
@@ -203,14 +202,7 @@ class EngineStore:
                 and old["lease_valid"]
                 and not credentials.matches(proof, old["secret_hash"])
             ):
-                retry_after = max(1, math.ceil(old["lease_left_s"]))
-                raise Conflict(
-                    f"a live worker holds the name {name!r}: send its secret in "
-                    f"{credentials.HEADER} to register as it again, or retry after its lease "
-                    f"ends (in {retry_after} s); an admin may pass force=true",
-                    code="name_in_use",
-                    retry_after_s=retry_after,
-                )
+                raise credentials.name_in_use(name, old["lease_left_s"])
             if old is None:
                 await cur.execute(sql("insert_worker"), params)
                 row = await cur.fetchone()
@@ -279,30 +271,7 @@ class EngineStore:
                 worker_id, incarnation, running, draining, metrics, acked_version, ttl, secret_hash
             )
         )
-        if row is None:
-            raise NotFound("worker", str(worker_id))
-        if row["version"] is None:
-            if row["incarnation"] != incarnation:
-                raise Superseded(
-                    f"incarnation {incarnation} was superseded by incarnation "
-                    f"{row['incarnation']}: stop every stream and register again",
-                    current_incarnation=row["incarnation"],
-                )
-            if not row["secret_ok"]:
-                raise credentials.refused(worker_id)
-            raise LeaseExpired(
-                "the lease expired (or the worker was removed): stop every stream and register "
-                "again",
-                status=row["previous_status"],
-            )
-        return HeartbeatResult(
-            version=row["version"],
-            lease_expires_at=row["lease_expires_at"],
-            status=row["status"],
-            running_changed=bool(row["running_changed"]),
-            became_draining=row["previous_status"] != "draining" and row["status"] == "draining",
-            assignments_json=row["assignments"],
-        )
+        return heartbeat_result(row, worker_id, incarnation)
 
     async def desired(self, worker_id: uuid.UUID) -> dict[str, Any]:
         async with self.db.connection() as conn:
