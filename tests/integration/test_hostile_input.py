@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from streamorch.core import engine
+from streamorch.domain.errors import UnstorableValue
 from streamorch.domain.models import Policy
 from streamorch.domain.records import StreamSpec
 from streamorch.services import endpoints
@@ -186,7 +187,8 @@ async def test_a_beat_the_database_refuses_fails_only_its_sender(store):
     for row in rows:
         answer = answers[row["id"]]
         if row["id"] in poisoned:
-            assert isinstance(answer, psycopg.DataError), answer
+            assert isinstance(answer, UnstorableValue), answer
+            assert isinstance(answer.__cause__, psycopg.DataError)
         else:
             assert not isinstance(answer, Exception), answer
             assert len(answer.assignments) >= 1

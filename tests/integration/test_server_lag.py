@@ -83,7 +83,7 @@ async def test_heartbeats_waiting_in_a_slow_server_keep_their_workers_alive(api)
             # Every lease runs out while each worker's heartbeat waits in the server, and
             # passes keep running meanwhile.
             async def lapsed() -> bool:
-                async with orch.db.connection() as conn:
+                async with orch.store.db.connection() as conn:
                     cur = await conn.execute(
                         "SELECT bool_and(lease_expires_at < now() - interval '0.5 second') "
                         "FROM workers"

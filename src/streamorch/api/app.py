@@ -21,6 +21,7 @@ from streamorch.core.modules import ModuleStatus, load_optional
 from streamorch.core.service import Orchestrator
 from streamorch.core.startup import StartupReport
 from streamorch.domain.errors import ServiceError
+from streamorch.ops import wiring
 from streamorch.services import endpoints
 from streamorch.services.endpoints import RedisTarget
 from streamorch.store.database import DatabaseManager
@@ -82,7 +83,7 @@ def create_app(settings: Settings, startup: StartupReport | None = None) -> Fast
         app.state.runtime = runtime
         try:
             await db.connect_with_retry()
-            runtime.orchestrator = Orchestrator(settings, db, redis_client)
+            runtime.orchestrator = wiring.build_orchestrator(settings, db, redis_client)
             runtime.orchestrator.retention.observers.append(metrics.observe_retention)
             runtime.orchestrator.reconciler.observers.append(metrics.observe_pass)
             runtime.orchestrator.loop_lag.observers.append(metrics.observe_loop_lag)

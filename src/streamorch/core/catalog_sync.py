@@ -26,18 +26,15 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-from psycopg.rows import dict_row
-
 from streamorch.config import Settings
+from streamorch.core.ports import SourceFetch
+from streamorch.domain.errors import StoreError
 from streamorch.domain.records import StreamSpec
 
 log = logging.getLogger(__name__)
 
 # The stream key rule of API.md (the API checks it in api/schemas.py, the database in a CHECK).
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
-CONNECT_TIMEOUT_S = 10
-QUERY_TIMEOUT_MS = 60_000
 
 Apply = Callable[[list[StreamSpec], str], Awaitable[dict[str, int]]]
 
@@ -131,7 +128,7 @@ class SyncRefused(Exception):
 class CatalogSync:
     """The sync loop: `start()`, idempotent `stop()`, and `sync_once()` for one round."""
 
-    def __init__(self, settings: Settings, apply: Apply) -> None:
+    def __init__(self, settings: Settings, apply: Apply, fetch: SourceFetch) -> None:
         assert settings.streams_source_dsn is not None
         self._dsn = settings.streams_source_dsn.get_secret_value()
         self.query = settings.streams_source_query
@@ -139,29 +136,22 @@ class CatalogSync:
         self.mode = settings.streams_source_mode
         self.allow_empty = settings.streams_source_allow_empty
         self._apply = apply
+        self._fetch = fetch
         self._task: asyncio.Task[None] | None = None
         self.last_report: SyncReport | None = None
         self.last_error: str | None = None
         self.runs = 0
 
     async def fetch(self) -> list[dict[str, Any]]:
-        conn = await psycopg.AsyncConnection.connect(
-            self._dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=False
-        )
-        async with conn:
-            await conn.set_read_only(True)
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}")
-            await cur.execute(self.query)  # type: ignore[arg-type]  # operator-configured SQL
-            return await cur.fetchall()
+        return await self._fetch(self._dsn, self.query)
 
     async def sync_once(self) -> SyncReport:
         """Fetch, check and apply once; raises on any failure, leaving the catalog as it was."""
         try:
             rows = await self.fetch()
-        except (psycopg.Error, OSError) as exc:
+        except (StoreError, OSError) as exc:
             raise SyncRefused(
-                f"the stream source cannot be read: {type(exc).__name__}: {exc}".strip(),
+                f"the stream source cannot be read: {_describe(exc)}".strip(),
                 "check STREAMS_SOURCE_DSN (host, port, database, user, password) and "
                 "STREAMS_SOURCE_QUERY against the source database",
             ) from exc
@@ -202,9 +192,9 @@ class CatalogSync:
         except SyncRefused as exc:
             self._failed(str(exc), exc.fix)
             return None
-        except (psycopg.Error, OSError) as exc:  # the source was read; the catalog's store failed
+        except (StoreError, OSError) as exc:  # the source was read; the catalog's store failed
             self._failed(
-                f"the catalog could not be written: {type(exc).__name__}: {exc}".strip(),
+                f"the catalog could not be written: {_describe(exc)}".strip(),
                 "the orchestrator's own PostgreSQL is failing (see GET /health); the next "
                 "round tries again",
             )
@@ -260,3 +250,10 @@ class CatalogSync:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _describe(exc: Exception) -> str:
+    """`Class: message`, naming the driver's class when a StoreError wraps one."""
+    if isinstance(exc, StoreError) and exc.__cause__ is not None:
+        return str(exc)  # the store's text already starts with the driver error's class
+    return f"{type(exc).__name__}: {exc}"

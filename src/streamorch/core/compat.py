@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from streamorch.core.service import Orchestrator
-from streamorch.store.compat import CompatStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,9 @@ def split_address(value: str | None) -> tuple[str | None, int | None]:
 class Compat:
     def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
-        self.store = CompatStore(orch.db)
+        if orch.compat_store is None:
+            raise RuntimeError("the orchestrator was built without the original protocol's store")
+        self.store = orch.compat_store
         self.ttl = orch.settings.compat_lease_ttl
         self._pool_empty_at = -math.inf
 

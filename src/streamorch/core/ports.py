@@ -12,8 +12,9 @@ event) stay `dict[str, Any]`; the records the engine reasons about are in
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
@@ -192,12 +193,64 @@ class EngineStore(Protocol):
 
 
 class Notifier(Protocol):
-    """Wakes the workers whose desired set changed (and the long-polls waiting for them)."""
+    """Wakes the workers whose desired set changed (and the long-polls waiting for them),
+    here and on every replica (store/redis.py: PostgreSQL LISTEN/NOTIFY and Redis)."""
+
+    listening: dict[str, bool]
+    received: dict[str, int]
 
     async def publish(self, worker_ids: set[str]) -> None: ...
+    def subscription(self, worker_id: str) -> AbstractAsyncContextManager[asyncio.Event]:
+        """Register before reading the version, so no change can slip in between."""
+        ...
+
+    def release_all(self) -> None:
+        """Shutdown: let every long-poll answer now."""
+        ...
+
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class RetentionStore(Protocol):
+    """Forgetting departed workers and old events, batch by batch (core/retention.py)."""
+
+    async def forget_departed(self, *, older_than_s: float, limit: int) -> list[str] | None: ...
+    async def forget(self, worker_id: uuid.UUID) -> str: ...
+    async def purge_events(
+        self, *, max_age_s: float | None, max_count: int | None, limit: int
+    ) -> int | None: ...
+    async def table_sizes(self) -> dict[str, dict[str, int]]: ...
+
+
+class CompatStore(Protocol):
+    """The original protocol's instances and hand-outs (core/compat.py)."""
+
+    async def instance(self, name: str) -> dict[str, Any] | None: ...
+    async def mark_original(
+        self, worker_id: uuid.UUID, *, generation: str, metrics: dict[str, Any]
+    ) -> list[str]: ...
+    async def beat(
+        self, name: str, *, metrics: dict[str, Any], generation: str | None, ttl: float
+    ) -> bool: ...
+    async def recover(self, worker_id: uuid.UUID) -> tuple[list[str], list[str]]: ...
+    async def pool_exists(self) -> bool: ...
+    async def hand_out(
+        self, worker_id: uuid.UUID, *, limit: int, from_pool: bool, once: bool = False
+    ) -> tuple[list[str], dict[str, Any] | None]: ...
+    async def release(self, worker_id: uuid.UUID, keys: list[str]) -> list[str]: ...
+    async def instances(self, name: str | None = None) -> list[dict[str, Any]]: ...
+    async def assignments(self) -> list[dict[str, Any]]: ...
+    async def urls(self, keys: list[str]) -> dict[str, str]: ...
+
+
+# Reads the rows of an external stream catalog: (DSN, query) → rows (core/catalog_sync.py).
+# Raises StoreError (or OSError) when the source cannot be read.
+SourceFetch = Callable[[str, str], Awaitable[list[dict[str, Any]]]]
 
 
 __all__ = [
+    "CompatStore",
     "EngineStore",
     "Finished",
     "GrantRow",
@@ -206,5 +259,7 @@ __all__ = [
     "PassTx",
     "Plan",
     "Released",
+    "RetentionStore",
     "RevokeRow",
+    "SourceFetch",
 ]

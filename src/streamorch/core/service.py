@@ -1,7 +1,8 @@
-"""The composition root of the engine: store, notifier and reconciler wired together.
+"""The engine's front: what routes call.
 
-Routes call the `Orchestrator`; it performs the change through the store (one
-transaction each), then wakes the workers concerned and the local reconciler.
+The `Orchestrator` performs each change through its store (one transaction each),
+then wakes the workers concerned and the local reconciler. It is given its
+collaborators (core/ports.py); ops/wiring.py builds them on PostgreSQL and Redis.
 """
 
 from __future__ import annotations
@@ -13,32 +14,38 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from streamorch.config import Settings
 from streamorch.core import engine
 from streamorch.core.catalog_sync import CatalogSync
 from streamorch.core.loop_lag import LoopLag
-from streamorch.core.notifier import Notifier
+from streamorch.core.ports import CompatStore, EngineStore, Notifier, RetentionStore, SourceFetch
 from streamorch.core.reconciler import Reconciler
 from streamorch.core.retention import Retention
 from streamorch.domain import credentials, placement
 from streamorch.domain.errors import NotFound
 from streamorch.domain.models import Policy, StreamView
 from streamorch.domain.records import HeartbeatResult, StreamSpec
-from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import EngineStore
-from streamorch.store.retention import RetentionStore
 
 
 class Orchestrator:
-    def __init__(self, settings: Settings, db: DatabaseManager, redis: aioredis.Redis | None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: EngineStore,
+        notifier: Notifier,
+        retention: RetentionStore,
+        compat: CompatStore | None = None,
+        source: SourceFetch | None = None,
+    ) -> None:
+        """`compat`: the original protocol's store (core/compat.py); `source`: reads the
+        external stream catalog when STREAMS_SOURCE_DSN is set (core/catalog_sync.py)."""
         self.settings = settings
-        self.db = db
-        self.store = EngineStore(db)
+        self.store = store
+        self.compat_store = compat
         self.offload = engine.Offloader(in_thread=settings.reconcile_plan_in_thread)
         self.loop_lag = LoopLag(window_s=settings.lease_ttl)
-        self.notifier = Notifier(db.target.conninfo, redis)
+        self.notifier = notifier
         self.policy = Policy(
             settings.rebalance_threshold,
             settings.max_moves_per_pass,
@@ -54,10 +61,12 @@ class Orchestrator:
             lag=self.loop_lag,
             offload=self.offload,
         )
-        self.retention = Retention(RetentionStore(db), settings)
+        self.retention = Retention(retention, settings)
         # Only when a source is configured: keeps the catalog equal to its rows.
         self.catalog_sync = (
-            CatalogSync(settings, self.bulk) if settings.streams_source_dsn else None
+            CatalogSync(settings, self.bulk, source)
+            if settings.streams_source_dsn and source is not None
+            else None
         )
 
     async def start(self) -> None:

@@ -23,7 +23,7 @@ from streamorch.domain.records import Event
 from streamorch.store.database import DatabaseManager
 from streamorch.store.passes import RECONCILE_LOCK_KEY
 from streamorch.store.queries import sql as engine_sql
-from streamorch.store.retry import retry_conflicts
+from streamorch.store.retry import driver_errors_wrapped, retry_conflicts
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -53,6 +53,7 @@ async def _events(conn: psycopg.AsyncConnection, events: list[Event]) -> None:
         )
 
 
+@driver_errors_wrapped
 class CompatStore:
     def __init__(self, db: DatabaseManager) -> None:
         self.db = db

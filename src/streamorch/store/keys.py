@@ -9,3 +9,7 @@ NOTIFY_CHANNEL = "streamorch_assignments"
 
 # Redis pub/sub channel carrying the same news across replicas after commit.
 REDIS_CHANNEL = "streamorch:assignments"
+
+# The key the Redis health probe writes and reads back (core/health.py names it too
+# until it moves to ops; it should import it from here).
+HEALTH_PROBE_KEY = "streamorch:health:probe"

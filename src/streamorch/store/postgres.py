@@ -26,12 +26,13 @@ from streamorch.store import passes, writes
 from streamorch.store.database import DatabaseManager
 from streamorch.store.heartbeats import Beat, HeartbeatBatcher
 from streamorch.store.queries import sql
-from streamorch.store.retry import retry_conflicts
+from streamorch.store.retry import driver_errors_wrapped, retry_conflicts
 
 WORKER_STATUSES = frozenset({"active", "draining", "expired", "left"})
 LIVE_STATUSES = frozenset({"active", "draining"})
 
 
+@driver_errors_wrapped
 class EngineStore:
     def __init__(self, db: DatabaseManager) -> None:
         self.db = db

@@ -25,7 +25,7 @@ from streamorch.domain.errors import Conflict, NotFound
 from streamorch.domain.records import Event
 from streamorch.store.database import DatabaseManager
 from streamorch.store.queries import sql as engine_sql
-from streamorch.store.retry import retry_conflicts
+from streamorch.store.retry import driver_errors_wrapped, retry_conflicts
 
 # The advisory lock of retention batches ("RET1"); reconcile passes have their own.
 RETENTION_LOCK_KEY = 0x52455431
@@ -58,6 +58,7 @@ async def write_events(conn: psycopg.AsyncConnection, events: Sequence[Event]) -
     )
 
 
+@driver_errors_wrapped
 class RetentionStore:
     def __init__(self, db: DatabaseManager) -> None:
         self.db = db

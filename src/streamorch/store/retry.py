@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors
+from psycopg_pool import PoolTimeout
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -23,7 +25,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from streamorch.domain.errors import StoreError, TransactionConflict
+from streamorch.domain.errors import (
+    StoreError,
+    StoreUnavailable,
+    TransactionConflict,
+    UnstorableValue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +72,27 @@ def retry_conflicts(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[
 
 def wrapped(exc: psycopg.Error) -> StoreError:
     """The domain error for a driver error (kept as `__cause__` by `raise … from exc`)."""
+    text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, CONFLICTS):
-        return TransactionConflict(f"{type(exc).__name__}: {exc}")
-    return StoreError(f"{type(exc).__name__}: {exc}")
+        return TransactionConflict(text)
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        return StoreUnavailable(text)
+    if isinstance(exc, psycopg.DataError):
+        return UnstorableValue(text)
+    return StoreError(text)
+
+
+def wraps_driver_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """`method`'s driver errors raised as StoreError (the driver's error as `__cause__`)."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except psycopg.Error as exc:
+            raise wrapped(exc) from exc
+
+    return wrapper
 
 
 @contextlib.asynccontextmanager
@@ -77,3 +102,14 @@ async def driver_errors() -> AsyncIterator[None]:
         yield
     except psycopg.Error as exc:
         raise wrapped(exc) from exc
+
+
+C = TypeVar("C", bound=type)
+
+
+def driver_errors_wrapped(cls: C) -> C:
+    """Every public coroutine method of `cls` raises StoreError, never a driver error."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+            setattr(cls, name, wraps_driver_errors(member))
+    return cls

@@ -23,6 +23,7 @@ from streamorch.api import deps
 from streamorch.api.schemas import MAX_RUNNING, _check_labels, _check_metrics
 from streamorch.core.compat import Compat
 from streamorch.core.service import Orchestrator
+from streamorch.domain.errors import StoreUnavailable
 
 router = APIRouter(tags=["compat"], dependencies=[Depends(deps.require_worker)])
 
@@ -189,7 +190,7 @@ async def assignments(compat: Compat = Depends(_compat)) -> dict[str, Any]:
 async def status(orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, Any]:
     try:
         view = await orch.status()
-    except (psycopg.OperationalError, PoolTimeout) as exc:
+    except (StoreUnavailable, psycopg.OperationalError, PoolTimeout) as exc:
         # As the original: still 200, saying what is wrong.
         return {"orchestrator_status": "error", "error": f"PostgreSQL is unavailable: {exc}"}
     streams, workers = view["streams"], view["workers"]

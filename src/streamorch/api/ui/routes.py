@@ -52,9 +52,7 @@ class UIRoute(APIRoute):
                 response = await handler(request)
             except SignInRequired:
                 response = _to_login(request)
-            except errors.StreamorchError as exc:
-                response = _error_page(request, exc)
-            except (psycopg.OperationalError, PoolTimeout):
+            except (errors.StoreUnavailable, psycopg.OperationalError, PoolTimeout):
                 response = render(
                     request,
                     "error.html",
@@ -65,6 +63,8 @@ class UIRoute(APIRoute):
                     },
                     status_code=503,
                 )
+            except errors.StreamorchError as exc:
+                response = _error_page(request, exc)
             return security.finish(request, response)
 
         return route

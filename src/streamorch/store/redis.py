@@ -1,4 +1,5 @@
-"""Wake long-polls within ~100 ms when a worker's desired set changes, across replicas.
+"""Wake long-polls within ~100 ms when a worker's desired set changes, across replicas (the
+engine's Notifier port, core/ports.py, on PostgreSQL LISTEN/NOTIFY and Redis pub/sub).
 
 Changes are announced twice: `pg_notify` inside the transaction that made them
 (delivered at commit, so never before the change is visible) and a Redis publish
