@@ -8,6 +8,7 @@ flag. Times are seconds from `clock` (time.time by default; tests pass their own
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
@@ -757,3 +758,80 @@ class MemoryPassTx:
 
     async def note_pass(self) -> None:
         self.s.last_pass_at = self.store.clock()
+
+
+class MemoryNotifier:
+    """core.ports.Notifier in one process: wakes local long-polls; records what it published."""
+
+    def __init__(self) -> None:
+        self.published: list[set[str]] = []
+        self.listening = {"postgresql": False, "redis": False}
+        self.received = {"postgresql": 0, "redis": 0}
+        self.closing = False
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+
+    @contextlib.asynccontextmanager
+    async def subscription(self, worker_id: str) -> AsyncIterator[asyncio.Event]:
+        event = asyncio.Event()
+        if self.closing:
+            event.set()
+        self._waiters.setdefault(worker_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            self._waiters[worker_id].discard(event)
+
+    async def publish(self, worker_ids: set[str]) -> None:
+        if not worker_ids:
+            return
+        self.published.append(set(worker_ids))
+        for worker_id in worker_ids:
+            for event in self._waiters.get(worker_id, ()):
+                event.set()
+
+    def release_all(self) -> None:
+        self.closing = True
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+class MemoryRetentionStore:
+    """core.ports.RetentionStore over a MemoryStore: forgets departed workers on request."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    async def forget_departed(self, *, older_than_s: float, limit: int) -> list[str] | None:
+        return []
+
+    async def forget(self, worker_id: uuid.UUID) -> str:
+        w = self.store.state.workers.get(worker_id)
+        if w is None:
+            raise NotFound("worker", str(worker_id))
+        if w.status in LIVE:
+            raise Conflict(
+                f"worker {w.name!r} is {w.status}: only a departed (left or expired) worker "
+                "can be forgotten",
+                code="worker_not_departed",
+                status=w.status,
+            )
+        self.store._write_events(
+            [Event("worker_forgotten", None, worker_id, "requested", {"name": w.name})]
+        )
+        del self.store.state.workers[worker_id]
+        return w.name
+
+    async def purge_events(
+        self, *, max_age_s: float | None, max_count: int | None, limit: int
+    ) -> int | None:
+        return 0
+
+    async def table_sizes(self) -> dict[str, dict[str, int]]:
+        return {}
