@@ -89,6 +89,14 @@ class Compat:
         self._pool_empty_at = -math.inf if exists else now
         return exists
 
+    async def instance(self, server_id: str) -> dict[str, Any] | None:
+        """The worker registered as `server_id`, or None."""
+        return await self.store.instance(server_id)
+
+    async def urls(self, ids: list[int]) -> dict[str, str]:
+        """The URL of each of these streams that exists, by key."""
+        return await self.store.urls([key_of(i) for i in ids])
+
     async def _changed(self, touched: set[str]) -> None:
         await self.orch.notifier.publish(touched)
         self.orch.reconciler.wake()

@@ -244,6 +244,27 @@ class CompatStore(Protocol):
     async def urls(self, keys: list[str]) -> dict[str, str]: ...
 
 
+class DashboardReads(Protocol):
+    """The dashboard's bounded reads that the engine has no call for (api/ui)."""
+
+    async def recent_events(
+        self,
+        *,
+        limit: int,
+        after: int = 0,
+        before: int | None = None,
+        kind: str | None = None,
+        stream: str | None = None,
+        worker: uuid.UUID | None = None,
+    ) -> list[dict[str, Any]]: ...
+    async def activity(self) -> list[dict[str, Any]]: ...
+    async def live_instances(self, labels: dict[str, str]) -> int: ...
+    async def worker(self, worker_id: uuid.UUID) -> dict[str, Any] | None: ...
+    async def worker_streams(
+        self, worker_id: uuid.UUID, *, after: str, limit: int
+    ) -> list[dict[str, Any]]: ...
+
+
 # Reads the rows of an external stream catalog: (DSN, query) → rows (core/catalog_sync.py).
 # Raises StoreError (or OSError) when the source cannot be read.
 SourceFetch = Callable[[str, str], Awaitable[list[dict[str, Any]]]]
@@ -251,6 +272,7 @@ SourceFetch = Callable[[str, str], Awaitable[list[dict[str, Any]]]]
 
 __all__ = [
     "CompatStore",
+    "DashboardReads",
     "EngineStore",
     "Finished",
     "GrantRow",

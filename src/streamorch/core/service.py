@@ -18,7 +18,14 @@ from streamorch.config import Settings
 from streamorch.core import engine
 from streamorch.core.catalog_sync import CatalogSync
 from streamorch.core.loop_lag import LoopLag
-from streamorch.core.ports import CompatStore, EngineStore, Notifier, RetentionStore, SourceFetch
+from streamorch.core.ports import (
+    CompatStore,
+    DashboardReads,
+    EngineStore,
+    Notifier,
+    RetentionStore,
+    SourceFetch,
+)
 from streamorch.core.reconciler import Reconciler
 from streamorch.core.retention import Retention
 from streamorch.domain import credentials, placement
@@ -37,12 +44,15 @@ class Orchestrator:
         retention: RetentionStore,
         compat: CompatStore | None = None,
         source: SourceFetch | None = None,
+        dashboard: DashboardReads | None = None,
     ) -> None:
         """`compat`: the original protocol's store (core/compat.py); `source`: reads the
-        external stream catalog when STREAMS_SOURCE_DSN is set (core/catalog_sync.py)."""
+        external stream catalog when STREAMS_SOURCE_DSN is set (core/catalog_sync.py);
+        `dashboard`: the dashboard's own bounded reads (api/ui)."""
         self.settings = settings
         self.store = store
         self.compat_store = compat
+        self.dashboard = dashboard
         self.offload = engine.Offloader(in_thread=settings.reconcile_plan_in_thread)
         self.loop_lag = LoopLag(window_s=settings.lease_ttl)
         self.notifier = notifier
@@ -102,6 +112,24 @@ class Orchestrator:
         if row["worker_id"] is None and row["enabled"]:
             row["reason"] = await self.explain(key)
         return row
+
+    async def find_stream(self, key: str) -> dict[str, Any] | None:
+        """The stream's row as stored (no explanation), or None."""
+        return await self.store.get_stream(key)
+
+    async def streams(
+        self,
+        *,
+        after: str,
+        limit: int,
+        state: str | None = None,
+        worker: str | None = None,
+        search: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Up to `limit` streams in key order after `after`, filtered."""
+        return await self.store.list_streams(
+            after=after, limit=limit, state=state, worker=worker, search=search
+        )
 
     async def delete_stream(self, key: str) -> None:
         await self._changed(await self.store.delete_stream(key))
@@ -213,6 +241,18 @@ class Orchestrator:
         self, statuses: list[str] | None, *, after: str = "", limit: int = 1000
     ) -> list[dict[str, Any]]:
         return await self.store.list_workers(statuses, after=after, limit=limit)
+
+    async def find_worker(
+        self, *, name: str | None = None, worker_id: uuid.UUID | None = None
+    ) -> dict[str, Any] | None:
+        """One worker by name or id, whatever its status, or None."""
+        return await self.store.get_worker(name=name, worker_id=worker_id)
+
+    async def original_instance(self, name: str) -> dict[str, Any] | None:
+        """The worker registered under `name` as the original protocol sees it, or None."""
+        if self.compat_store is None:
+            return None
+        return await self.compat_store.instance(name)
 
     async def worker(
         self, *, name: str | None = None, worker_id: uuid.UUID | None = None

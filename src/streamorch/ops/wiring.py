@@ -8,6 +8,7 @@ from streamorch.config import Settings
 from streamorch.core.service import Orchestrator
 from streamorch.store import catalog_source
 from streamorch.store.compat import CompatStore
+from streamorch.store.dashboard import DashboardStore
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore
 from streamorch.store.redis import Notifier
@@ -25,4 +26,5 @@ def build_orchestrator(
         retention=RetentionStore(db),
         compat=CompatStore(db),
         source=catalog_source.fetch_rows,
+        dashboard=DashboardStore(db),
     )

@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from streamorch.store.database import DatabaseManager
+from streamorch.store.retry import driver_errors_wrapped
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -36,6 +37,7 @@ def sql(name: str) -> str:
     return _queries()[name]
 
 
+@driver_errors_wrapped
 class DashboardStore:
     def __init__(self, db: DatabaseManager) -> None:
         self.db = db

@@ -114,7 +114,7 @@ def _metrics(**values: Any) -> dict[str, Any]:
 
 @router.post("/register")
 async def register(body: RegisterBody, compat: Compat = Depends(_compat)) -> dict[str, Any]:
-    known = await compat.store.instance(body.server_id)
+    known = await compat.instance(body.server_id)
     await compat.register(
         body.server_id,
         capacity=body.max_streams,
@@ -267,7 +267,7 @@ async def worker_assign(
             "message": message,
             "worker_id": worker_id,
         }
-    urls = await compat.store.urls([str(i) for i in ids])
+    urls = await compat.urls(ids)
     streams = [
         {
             "stream_id": str(i),

@@ -93,9 +93,7 @@ async def list_streams(
     worker: str | None = Query(None, pattern=NAME_PATTERN),
     orch: Orchestrator = Depends(deps.orchestrator),
 ) -> Response:
-    rows = await orch.store.list_streams(
-        after=cursor or "", limit=limit + 1, state=state, worker=worker
-    )
+    rows = await orch.streams(after=cursor or "", limit=limit + 1, state=state, worker=worker)
 
     def build() -> dict[str, Any]:
         items = [stream_out(r) for r in rows[:limit]]
