@@ -9,10 +9,7 @@ is one transaction, like the engine store's (I7); queries live in `sql/compat.sq
 from __future__ import annotations
 
 import json
-import re
 import uuid
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import psycopg
@@ -20,23 +17,15 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from streamorch.domain.records import Event
+from streamorch.store import queries
 from streamorch.store.database import DatabaseManager
 from streamorch.store.passes import RECONCILE_LOCK_KEY
 from streamorch.store.queries import sql as engine_sql
 from streamorch.store.retry import driver_errors_wrapped, retry_conflicts
 
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-
-
-@cache
-def _queries() -> dict[str, str]:
-    text = (resources.files("streamorch.store") / "sql" / "compat.sql").read_text()
-    parts = _HEADER.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-
 
 def sql(name: str) -> str:
-    return _queries()[name]
+    return queries.sql(name, "compat")
 
 
 async def _events(conn: psycopg.AsyncConnection, events: list[Event]) -> None:
