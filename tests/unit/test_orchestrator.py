@@ -11,7 +11,8 @@ from streamorch.config import Settings, load_settings
 from streamorch.core.service import Orchestrator
 from streamorch.domain.errors import Conflict, Forbidden, NotFound
 from streamorch.domain.records import StreamSpec
-from streamorch.store.memory import MemoryNotifier, MemoryRetentionStore, MemoryStore
+from streamorch.store.memory import MemoryRetentionStore, MemoryStore
+from streamorch.store.memory_notifier import MemoryNotifier
 
 pytestmark = pytest.mark.anyio
 

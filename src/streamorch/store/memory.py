@@ -8,88 +8,29 @@ flag. Times are seconds from `clock` (time.time by default; tests pass their own
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from streamorch.domain import credentials
 from streamorch.domain.errors import Conflict, NotFound
-from streamorch.domain.models import EMPTY, Grant, Holding, Revoke, Snapshot, StreamView, WorkerView
+from streamorch.domain.models import EMPTY, Holding, Snapshot, StreamView, WorkerView
 from streamorch.domain.records import Event, HeartbeatResult, StreamSpec, heartbeat_result
-
-LIVE = ("active", "draining")
-WORKER_STATUSES = frozenset({"active", "draining", "expired", "left"})
+from streamorch.store.memory_pass import MemoryPassTx
+from streamorch.store.memory_records import (
+    LIVE,
+    WORKER_STATUSES,
+    State,
+    StreamRow,
+    WorkerRow,
+    as_datetime,
+)
 
 Offload = Callable[..., Any]
-
-
-def _dt(t: float | None) -> datetime | None:
-    return None if t is None else datetime.fromtimestamp(t, UTC)
-
-
-@dataclass
-class _Worker:
-    id: uuid.UUID
-    name: str
-    capacity: int
-    labels: dict[str, str]
-    address: str | None
-    kind: str
-    lease_expires_at: float
-    secret_hash: bytes | None
-    registered_at: float
-    last_heartbeat: float
-    incarnation: int = 1
-    status: str = "active"
-    running: list[str] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    version: int = 1
-    acked_version: int | None = None
-    generation: str | None = None
-
-
-@dataclass
-class _Stream:
-    key: str
-    url: str
-    weight: int
-    labels: dict[str, str]
-    requires: dict[str, str]
-    enabled: bool
-    created_at: float
-    updated_at: float
-
-
-@dataclass
-class _Assignment:
-    stream_key: str
-    worker_id: uuid.UUID
-    token: int
-    reason: str
-    since: float
-    state: str = "granted"
-    target_id: uuid.UUID | None = None
-    revoked_at: float | None = None
-    revoke_version: int | None = None
-
-
-@dataclass
-class _State:
-    streams: dict[str, _Stream] = field(default_factory=dict)
-    workers: dict[uuid.UUID, _Worker] = field(default_factory=dict)
-    assignments: dict[str, _Assignment] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    generation: int = 0
-    last_pass_at: float | None = None
-    next_token: int = 1
-    next_event: int = 1
 
 
 class MemoryStore:
@@ -97,7 +38,7 @@ class MemoryStore:
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self.clock = clock or time.time
-        self.state = _State()
+        self.state = State()
         self.pending: list[uuid.UUID] = []  # heartbeats "waiting" in this process
         self._pass_locked = False
 
@@ -124,7 +65,7 @@ class MemoryStore:
             s.events.append(
                 {
                     "id": s.next_event,
-                    "at": _dt(self.clock()),
+                    "at": as_datetime(self.clock()),
                     "kind": e.kind,
                     "stream_key": e.stream,
                     "worker_id": worker,
@@ -177,7 +118,7 @@ class MemoryStore:
         s, now = self.state, self.clock()
         old = s.streams.get(spec.key)
         if old is None:
-            s.streams[spec.key] = _Stream(
+            s.streams[spec.key] = StreamRow(
                 spec.key, spec.url, spec.weight, dict(spec.labels), dict(spec.requires),
                 spec.enabled, now, now,
             )  # fmt: skip
@@ -189,7 +130,7 @@ class MemoryStore:
         old.labels, old.requires, old.updated_at = dict(spec.labels), dict(spec.requires), now
         return False
 
-    def _stream_row(self, st: _Stream) -> dict[str, Any]:
+    def _stream_row(self, st: StreamRow) -> dict[str, Any]:
         a = self.state.assignments.get(st.key)
         w = self.state.workers.get(a.worker_id) if a else None
         t = self.state.workers.get(a.target_id) if a and a.target_id else None
@@ -200,13 +141,13 @@ class MemoryStore:
             "labels": dict(st.labels),
             "requires": dict(st.requires),
             "enabled": st.enabled,
-            "created_at": _dt(st.created_at),
-            "updated_at": _dt(st.updated_at),
+            "created_at": as_datetime(st.created_at),
+            "updated_at": as_datetime(st.updated_at),
             "worker_id": a.worker_id if a else None,
             "worker_name": w.name if w else None,
             "token": a.token if a else None,
             "state": a.state if a else None,
-            "since": _dt(a.since) if a else None,
+            "since": as_datetime(a.since) if a else None,
             "reason": a.reason if a else None,
             "target_id": a.target_id if a else None,
             "target_name": t.name if t else None,
@@ -318,7 +259,7 @@ class MemoryStore:
             ):
                 raise credentials.name_in_use(name, max(old.lease_expires_at - now, 0.0))
             if old is None:
-                w = _Worker(
+                w = WorkerRow(
                     uuid.uuid4(), name, capacity, dict(labels), address, kind, now + ttl,
                     secret_hash, now, now,
                 )  # fmt: skip
@@ -355,11 +296,11 @@ class MemoryStore:
             return {**self._registered(old), "kept": kept}, touched
 
     @staticmethod
-    def _registered(w: _Worker) -> dict[str, Any]:
+    def _registered(w: WorkerRow) -> dict[str, Any]:
         return {
             "id": w.id,
             "incarnation": w.incarnation,
-            "lease_expires_at": _dt(w.lease_expires_at),
+            "lease_expires_at": as_datetime(w.lease_expires_at),
         }
 
     def _assignments_json(self, worker_id: uuid.UUID) -> str:
@@ -413,7 +354,7 @@ class MemoryStore:
                         w.status = "draining"
                     row.update(
                         version=version,
-                        lease_expires_at=_dt(w.lease_expires_at),
+                        lease_expires_at=as_datetime(w.lease_expires_at),
                         status=w.status,
                         assignments=self._assignments_json(w.id),
                     )
@@ -428,7 +369,7 @@ class MemoryStore:
             raise NotFound("worker", str(worker_id))
         return {
             "version": w.version,
-            "lease_expires_at": _dt(w.lease_expires_at),
+            "lease_expires_at": as_datetime(w.lease_expires_at),
             "status": w.status,
             "incarnation": w.incarnation,
             "assignments": self._assignments_json(w.id),
@@ -492,7 +433,7 @@ class MemoryStore:
             self._bump_generation()
             return self._touch([worker_id])
 
-    def _worker_row(self, w: _Worker) -> dict[str, Any]:
+    def _worker_row(self, w: WorkerRow) -> dict[str, Any]:
         keys = sorted(self._owned(w.id))
         load = sum(self.state.streams[k].weight for k in keys if k in self.state.streams)
         return {
@@ -503,8 +444,8 @@ class MemoryStore:
             "capacity": w.capacity,
             "labels": dict(w.labels),
             "address": w.address,
-            "last_heartbeat": _dt(w.last_heartbeat),
-            "lease_expires_at": _dt(w.lease_expires_at),
+            "last_heartbeat": as_datetime(w.last_heartbeat),
+            "lease_expires_at": as_datetime(w.lease_expires_at),
             "kind": w.kind,
             "generation": w.generation,
             "load": load,
@@ -626,180 +567,6 @@ class MemoryStore:
         finally:
             if tx.locked:
                 self._pass_locked = False
-
-
-class MemoryPassTx:
-    """One pass's steps on a MemoryStore (core.ports.PassTx)."""
-
-    def __init__(self, store: MemoryStore, offload: Offload) -> None:
-        self.store = store
-        self.offload = offload
-        self.locked = False
-
-    @property
-    def s(self) -> _State:
-        return self.store.state
-
-    async def try_lock(self) -> bool:
-        if self.store._pass_locked:
-            return False
-        self.store._pass_locked = self.locked = True
-        return True
-
-    async def pass_gap(self) -> float | None:
-        last = self.s.last_pass_at
-        return None if last is None else self.store.clock() - last
-
-    async def grace_leases(self, ttl: float) -> int:
-        until = self.store.clock() + ttl
-        live = [w for w in self.s.workers.values() if w.status in LIVE]
-        for w in live:
-            w.lease_expires_at = max(w.lease_expires_at, until)
-        return len(live)
-
-    async def expire(
-        self, grace: float, alive: Sequence[Any]
-    ) -> tuple[list[Any], list[tuple[str, Any]]]:
-        now, spared = self.store.clock(), {str(a) for a in alive}
-        expired = [
-            w.id
-            for w in self.s.workers.values()
-            if w.status in LIVE and w.lease_expires_at < now - grace and str(w.id) not in spared
-        ]
-        for wid in expired:
-            self.s.workers[wid].status = "expired"
-            self.s.workers[wid].version += 1
-        gone = set(expired)
-        released = [(k, a.worker_id) for k, a in self.s.assignments.items() if a.worker_id in gone]
-        for k, _ in released:
-            del self.s.assignments[k]
-        self.store._untarget(expired)
-        return expired, released
-
-    async def finish_moves(self) -> list[tuple[str, Any, Any, str]]:
-        done = []
-        for k, a in list(self.s.assignments.items()):
-            w = self.s.workers[a.worker_id]
-            if (
-                a.state == "revoking"
-                and k not in w.running
-                and w.acked_version is not None
-                and a.revoke_version is not None
-                and w.acked_version >= a.revoke_version
-            ):
-                del self.s.assignments[k]
-                done.append((k, a.worker_id, a.target_id, a.reason))
-        return done
-
-    async def drained_workers(self, ids: Sequence[str]) -> list[Any]:
-        owners = {a.worker_id for a in self.s.assignments.values()}
-        return [
-            w.id
-            for w in (self.s.workers.get(uuid.UUID(i)) for i in ids)
-            if w is not None and w.status == "draining" and w.id not in owners
-        ]
-
-    async def generation(self) -> int:
-        return self.s.generation
-
-    async def snapshot(self) -> Snapshot:
-        snapshot: Snapshot = await self.offload(self.store._snapshot)
-        return snapshot
-
-    async def recent_join_ages(self, horizon: float) -> list[float]:
-        now = self.store.clock()
-        return [
-            now - w.registered_at
-            for w in self.s.workers.values()
-            if w.status in LIVE and w.registered_at > now - horizon
-        ]
-
-    async def apply_revokes(self, revokes: Sequence[Revoke]) -> list[tuple[str, Any, Any, str]]:
-        rows = []
-        for r in revokes:
-            a = self.s.assignments.get(r.stream)
-            if a is None or a.state != "granted":
-                continue
-            a.state, a.revoked_at, a.reason = "revoking", self.store.clock(), r.reason
-            a.target_id = None if r.target is None else uuid.UUID(r.target)
-            rows.append((a.stream_key, a.worker_id, a.target_id, a.reason))
-        return rows
-
-    async def insert_grants(self, grants: Sequence[Grant]) -> list[tuple[str, str, Any]]:
-        rows = []
-        now = self.store.clock()
-        for g in grants:
-            if g.stream in self.s.assignments:  # the primary key: PostgreSQL would refuse
-                raise ValueError(f"stream {g.stream!r} is already assigned")
-            token = self.store._token()
-            self.s.assignments[g.stream] = _Assignment(
-                g.stream, uuid.UUID(g.worker), token, g.reason, now
-            )
-            rows.append((g.stream, g.worker, token))
-        return rows
-
-    async def write_events(self, events: Sequence[Event]) -> None:
-        self.store._write_events(events)
-
-    async def touch(self, worker_ids: Iterable[Any]) -> set[str]:
-        return self.store._touch(worker_ids)
-
-    async def stamp_revokes(self, keys: Sequence[str]) -> None:
-        self.store._stamp_revokes(keys)
-
-    async def next_expiry(self, grace: float, alive: Sequence[Any]) -> float | None:
-        spared = {str(a) for a in alive}
-        leases = [
-            w.lease_expires_at
-            for w in self.s.workers.values()
-            if w.status in LIVE and str(w.id) not in spared
-        ]
-        return None if not leases else min(leases) - self.store.clock() + grace
-
-    async def note_pass(self) -> None:
-        self.s.last_pass_at = self.store.clock()
-
-
-class MemoryNotifier:
-    """core.ports.Notifier in one process: wakes local long-polls; records what it published."""
-
-    def __init__(self) -> None:
-        self.published: list[set[str]] = []
-        self.listening = {"postgresql": False, "redis": False}
-        self.received = {"postgresql": 0, "redis": 0}
-        self.closing = False
-        self._waiters: dict[str, set[asyncio.Event]] = {}
-
-    @contextlib.asynccontextmanager
-    async def subscription(self, worker_id: str) -> AsyncIterator[asyncio.Event]:
-        event = asyncio.Event()
-        if self.closing:
-            event.set()
-        self._waiters.setdefault(worker_id, set()).add(event)
-        try:
-            yield event
-        finally:
-            self._waiters[worker_id].discard(event)
-
-    async def publish(self, worker_ids: set[str]) -> None:
-        if not worker_ids:
-            return
-        self.published.append(set(worker_ids))
-        for worker_id in worker_ids:
-            for event in self._waiters.get(worker_id, ()):
-                event.set()
-
-    def release_all(self) -> None:
-        self.closing = True
-        for waiters in self._waiters.values():
-            for event in waiters:
-                event.set()
-
-    def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
 
 
 class MemoryRetentionStore:
