@@ -171,3 +171,15 @@ async def test_a_deleted_stream_is_revoked_and_released_once_stopped(store):
     assert (await store.status())["streams"]["moving"] == 0
     with pytest.raises(NotFound):
         await store.delete_stream("s")
+
+
+async def test_a_heartbeat_that_starts_a_drain_moves_the_generation(store):
+    a = await register(store, "a")
+    first = await run_pass(store)
+    result = await store.heartbeat(a, incarnation=1, running=[], draining=True, metrics={}, ttl=60)
+    assert result.became_draining
+    after = await run_pass(store, first.generation)
+    assert after.generation > first.generation
+    again = await store.heartbeat(a, incarnation=1, running=[], draining=True, metrics={}, ttl=60)
+    assert not again.became_draining
+    assert (await run_pass(store, after.generation)).generation == after.generation

@@ -212,8 +212,7 @@ class Orchestrator:
             acked_version=acked_version,
             secret=secret,
         )
-        if result.became_draining:
-            await self.store.bump_generation()
+        # A beat that starts a drain moved the generation in its own transaction.
         if result.running_changed or result.became_draining:
             self.reconciler.wake()
         return result

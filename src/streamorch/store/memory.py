@@ -350,8 +350,9 @@ class MemoryStore:
                     version = w.version  # the version the assignments are read with
                     w.last_heartbeat, w.lease_expires_at = now, now + ttl
                     w.running, w.acked_version, w.metrics = list(running), acked_version, metrics
-                    if draining:
+                    if draining and w.status != "draining":
                         w.status = "draining"
+                        self._bump_generation()  # in the beat's transaction, as PostgreSQL
                     row.update(
                         version=version,
                         lease_expires_at=as_datetime(w.lease_expires_at),
@@ -359,9 +360,6 @@ class MemoryStore:
                         assignments=self._assignments_json(w.id),
                     )
         return heartbeat_result(row, worker_id, incarnation)
-
-    async def bump_generation(self) -> None:
-        self._bump_generation()
 
     async def desired(self, worker_id: uuid.UUID) -> dict[str, Any]:
         w = self.state.workers.get(worker_id)

@@ -425,8 +425,3 @@ class EngineStore:
     ) -> contextlib.AbstractAsyncContextManager[passes.PostgresPassTx]:
         """One reconcile pass's transaction (its steps: store/passes.py)."""
         return passes.pass_tx(self.db, offload)
-
-    async def bump_generation(self) -> None:
-        """Record a change that placement must look at (e.g. a worker that began draining)."""
-        async with self.db.connection() as conn:
-            await writes.bump_generation(conn)
