@@ -26,7 +26,7 @@ async def fetch_rows(dsn: str, query: str) -> list[dict[str, Any]]:
             await conn.set_read_only(True)
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}")
-            await cur.execute(query)  # type: ignore[arg-type]  # operator-configured SQL
+            await cur.execute(query)  # operator-configured SQL
             return await cur.fetchall()
     except psycopg.Error as exc:
         raise wrapped(exc) from exc

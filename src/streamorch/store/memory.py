@@ -544,7 +544,7 @@ class MemoryStore:
         assignments = {
             k: Holding(
                 k, str(a.worker_id), a.state, None if a.target_id is None else str(a.target_id)
-            )  # type: ignore[arg-type]
+            )
             for k, a in s.assignments.items()
         }
         return Snapshot(workers, streams, assignments)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from streamorch.domain.models import AssignmentState
+
 LIVE = ("active", "draining")
 WORKER_STATUSES = frozenset({"active", "draining", "expired", "left"})
 
@@ -55,7 +57,7 @@ class AssignmentRow:
     token: int
     reason: str
     since: float
-    state: str = "granted"
+    state: AssignmentState = "granted"
     target_id: uuid.UUID | None = None
     revoked_at: float | None = None
     revoke_version: int | None = None

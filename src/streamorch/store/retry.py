@@ -12,8 +12,8 @@ import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors
@@ -41,7 +41,9 @@ CONFLICTS = (errors.DeadlockDetected, errors.SerializationFailure)
 ATTEMPTS = 5
 
 
-def retry_conflicts(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def retry_conflicts(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
     """Run `method` again (up to ATTEMPTS times, jittered) when its transaction lost a conflict."""
 
     @functools.wraps(method)
@@ -58,7 +60,7 @@ def retry_conflicts(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[
                 extra={
                     "action": "transaction_retry",
                     "attempt": state.attempt_number,
-                    "error": type(state.outcome.exception()).__name__,
+                    "error": type(state.outcome.exception()).__name__ if state.outcome else None,
                 },
             ),
         )
@@ -82,7 +84,9 @@ def wrapped(exc: psycopg.Error) -> StoreError:
     return StoreError(text)
 
 
-def wraps_driver_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def wraps_driver_errors(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
     """`method`'s driver errors raised as StoreError (the driver's error as `__cause__`)."""
 
     @functools.wraps(method)
