@@ -57,6 +57,7 @@ from streamorch.domain.models import Policy
 from streamorch.domain.records import PassResult
 from streamorch.services.endpoints import postgres_target
 from streamorch.store.database import DatabaseManager
+from streamorch.store.passes import PostgresPassTx
 from streamorch.store.postgres import EngineStore
 from streamorch.store.queries import _all as all_queries
 
@@ -112,16 +113,16 @@ class Breakdown:
                 self.times["python placement.plan"] += time.perf_counter() - t0
 
         placement.plan = timed_plan  # type: ignore[assignment]
-        snapshot = EngineStore.snapshot
+        snapshot = PostgresPassTx.snapshot
 
-        async def timed_snapshot(store: Any, conn: Any) -> Any:
+        async def timed_snapshot(tx: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return await snapshot(store, conn)
+                return await snapshot(tx)
             finally:
                 self.times["snapshot total (its SQL included above)"] += time.perf_counter() - t0
 
-        EngineStore.snapshot = timed_snapshot  # type: ignore[method-assign]
+        PostgresPassTx.snapshot = timed_snapshot  # type: ignore[method-assign]
 
     def take(self, top: int = 8) -> list[tuple[str, float]]:
         items = sorted(self.times.items(), key=lambda kv: -kv[1])[:top]
