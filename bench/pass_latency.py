@@ -49,6 +49,7 @@ from heartbeat import generator_main
 
 from streamorch.backing.endpoints import postgres_target
 from streamorch.config import load_settings
+from streamorch.core import engine
 from streamorch.domain.models import Policy
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore
@@ -205,7 +206,8 @@ async def in_process_mode(args: argparse.Namespace, stack: Stack, mode: str) -> 
     )
     db = DatabaseManager(postgres_target(settings), settings)
     await db.connect_with_retry()
-    store = EngineStore(db, plan_in_thread=mode != "loop")
+    store = EngineStore(db)
+    offload = engine.Offloader(in_thread=mode != "loop")
     switch = sys.getswitchinterval()
     if mode == "thread-1ms":
         sys.setswitchinterval(0.001)
@@ -262,7 +264,9 @@ async def in_process_mode(args: argparse.Namespace, stack: Stack, mode: str) -> 
             await conn_sql("DELETE FROM assignments")
             await conn_sql("UPDATE cluster SET last_pass_at = now()")
             t0 = time.perf_counter()
-            result = await store.reconcile_pass(policy, None, lease_ttl=3600)
+            result = await engine.reconcile_pass(
+                store, policy, None, lease_ttl=3600, offload=offload
+            )
             durations.append(time.perf_counter() - t0)
             if len(result.plan.grants) != args.streams:
                 raise BenchError(f"a pass granted {len(result.plan.grants)}")

@@ -2,7 +2,7 @@
 
 Starts an embedded PostgreSQL (bench/_servers.py), loads --streams streams (weight 1)
 and --workers live workers (capacity --capacity, lease an hour ahead) with plain SQL,
-and times `EngineStore.reconcile_pass` directly, each pass being one transaction as in
+and times `core.engine.reconcile_pass` directly, each pass being one transaction as in
 the server:
 
   initial      nothing placed yet: every stream is granted
@@ -52,10 +52,12 @@ from _servers import BenchError, Stack, machine, run_bench
 
 from streamorch.backing.endpoints import postgres_target
 from streamorch.config import load_settings
+from streamorch.core import engine
 from streamorch.domain import placement
 from streamorch.domain.models import Policy
-from streamorch.store import postgres
+from streamorch.domain.records import PassResult
 from streamorch.store.database import DatabaseManager
+from streamorch.store.passes import PostgresPassTx
 from streamorch.store.postgres import EngineStore
 from streamorch.store.queries import _all as all_queries
 
@@ -111,16 +113,16 @@ class Breakdown:
                 self.times["python placement.plan"] += time.perf_counter() - t0
 
         placement.plan = timed_plan  # type: ignore[assignment]
-        snapshot = EngineStore.snapshot
+        snapshot = PostgresPassTx.snapshot
 
-        async def timed_snapshot(store: Any, conn: Any) -> Any:
+        async def timed_snapshot(tx: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return await snapshot(store, conn)
+                return await snapshot(tx)
             finally:
                 self.times["snapshot total (its SQL included above)"] += time.perf_counter() - t0
 
-        EngineStore.snapshot = timed_snapshot  # type: ignore[method-assign]
+        PostgresPassTx.snapshot = timed_snapshot  # type: ignore[method-assign]
 
     def take(self, top: int = 8) -> list[tuple[str, float]]:
         items = sorted(self.times.items(), key=lambda kv: -kv[1])[:top]
@@ -161,18 +163,18 @@ async def run(args: argparse.Namespace, stack: Stack, breakdown: Breakdown | Non
         """Every live worker reports running exactly its granted streams."""
         await sql(report_sql)
 
-    async def timed_pass(seen: int | None) -> tuple[float, postgres.PassResult]:
+    async def timed_pass(seen: int | None) -> tuple[float, PassResult]:
         await sql("UPDATE cluster SET last_pass_at = now()")
         if breakdown is not None:
             breakdown.take()  # count only the pass
         t0 = time.perf_counter()
-        r = await store.reconcile_pass(policy, seen, lease_ttl=10.0)
+        r = await engine.reconcile_pass(store, policy, seen, lease_ttl=10.0)
         took = time.perf_counter() - t0
         if not r.ran:
             raise BenchError("the reconcile lock was taken")
         return took, r
 
-    def record(name: str, took: float, r: postgres.PassResult) -> None:
+    def record(name: str, took: float, r: PassResult) -> None:
         row = {
             "s": round(took, 3),
             "planned": r.planned,

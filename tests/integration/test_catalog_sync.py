@@ -12,6 +12,8 @@ import psycopg
 import pytest
 
 from streamorch.core.catalog_sync import CatalogSync, SyncReport
+from streamorch.domain.errors import StoreUnavailable
+from streamorch.store.catalog_source import fetch_rows
 from tests.asgi import serving
 from tests.conftest import FAST_ENGINE
 from tests.support.waiting import wait_until
@@ -93,7 +95,7 @@ async def test_a_failing_source_keeps_the_catalog(api, make_settings, source, ca
     execute(source, "INSERT INTO streams (id, url) VALUES (1, 'http://r/1'), (2, 'http://r/2')")
 
     def sync(**env: str) -> CatalogSync:
-        return CatalogSync(make_settings(STREAMS_SOURCE_DSN=source, **env), orch.bulk)
+        return CatalogSync(make_settings(STREAMS_SOURCE_DSN=source, **env), orch.bulk, fetch_rows)
 
     assert await sync().run_once() == SyncReport(rows=2, created=2, updated=0, deleted=0)
     assert await sync().run_once() == SyncReport(rows=2, created=0, updated=0, deleted=0)
@@ -113,7 +115,7 @@ async def test_a_failing_source_keeps_the_catalog(api, make_settings, source, ca
         ),
     ]
     for settings in failing:
-        assert await CatalogSync(settings, orch.bulk).run_once() is None
+        assert await CatalogSync(settings, orch.bulk, fetch_rows).run_once() is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 4
     assert "STREAMS_SOURCE_DSN" in warnings[0]
@@ -136,7 +138,9 @@ async def test_upsert_mode_never_deletes(api, make_settings, source):
     assert response.status_code == 201
     execute(source, "INSERT INTO streams (id, url) VALUES (7, 'http://r/7')")
     sync = CatalogSync(
-        make_settings(STREAMS_SOURCE_DSN=source, STREAMS_SOURCE_MODE="upsert"), orch.bulk
+        make_settings(STREAMS_SOURCE_DSN=source, STREAMS_SOURCE_MODE="upsert"),
+        orch.bulk,
+        fetch_rows,
     )
     assert await sync.run_once() == SyncReport(rows=1, created=1, updated=0, deleted=0)
     assert set(await catalog(api)) == {"7", "radio-x"}
@@ -146,11 +150,11 @@ async def test_a_failing_catalog_store_is_told_apart_from_a_failing_source(
     make_settings, source, caplog
 ):
     async def broken_store(specs, mode):
-        raise psycopg.OperationalError("connection to the orchestrator's database lost")
+        raise StoreUnavailable("OperationalError: connection to the orchestrator's database lost")
 
     execute(source, "INSERT INTO streams (id, url) VALUES (1, 'http://r/1')")
     caplog.set_level(logging.WARNING, logger="streamorch.core.catalog_sync")
-    sync = CatalogSync(make_settings(STREAMS_SOURCE_DSN=source), broken_store)
+    sync = CatalogSync(make_settings(STREAMS_SOURCE_DSN=source), broken_store, fetch_rows)
     assert await sync.run_once() is None
     assert "the catalog could not be written" in sync.last_error
     assert "GET /health" in caplog.records[-1].getMessage()

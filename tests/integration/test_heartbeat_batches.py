@@ -9,10 +9,12 @@ import anyio.lowlevel
 import pytest
 
 from streamorch.backing import endpoints
+from streamorch.core import engine
 from streamorch.domain.errors import NotFound, Superseded
 from streamorch.domain.models import Policy
+from streamorch.domain.records import StreamSpec
 from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import EngineStore, StreamSpec
+from streamorch.store.postgres import EngineStore
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +34,7 @@ async def _fleet(store: EngineStore, workers: int, per_worker: int) -> list[dict
     ]
     specs = [StreamSpec(f"s{i}", f"http://x/{i}") for i in range(workers * per_worker)]
     await store.bulk(specs, "upsert")
-    await store.reconcile_pass(Policy(), None, lease_ttl=60)
+    await engine.reconcile_pass(store, Policy(), None, lease_ttl=60)
     return rows
 
 

@@ -11,9 +11,12 @@ import psycopg
 import pytest
 
 from streamorch.backing import endpoints
+from streamorch.core import engine
+from streamorch.domain.errors import UnstorableValue
 from streamorch.domain.models import Policy
+from streamorch.domain.records import StreamSpec
 from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import EngineStore, StreamSpec
+from streamorch.store.postgres import EngineStore
 from tests.asgi import serving
 
 pytestmark = pytest.mark.anyio
@@ -159,7 +162,7 @@ async def test_a_beat_the_database_refuses_fails_only_its_sender(store):
         for i in range(30)
     ]
     await store.bulk([StreamSpec(f"s{i}", f"http://x/{i}") for i in range(40)], "upsert")
-    await store.reconcile_pass(Policy(), None, lease_ttl=60)
+    await engine.reconcile_pass(store, Policy(), None, lease_ttl=60)
     poisoned = {rows[i]["id"] for i in (3, 11, 12, 29)}
     answers: dict[uuid.UUID, object] = {}
 
@@ -184,7 +187,8 @@ async def test_a_beat_the_database_refuses_fails_only_its_sender(store):
     for row in rows:
         answer = answers[row["id"]]
         if row["id"] in poisoned:
-            assert isinstance(answer, psycopg.DataError), answer
+            assert isinstance(answer, UnstorableValue), answer
+            assert isinstance(answer.__cause__, psycopg.DataError)
         else:
             assert not isinstance(answer, Exception), answer
             assert len(answer.assignments) >= 1

@@ -7,9 +7,11 @@ import psycopg
 import pytest
 
 from streamorch.backing import endpoints
+from streamorch.core import engine
 from streamorch.domain.models import Policy
+from streamorch.domain.records import StreamSpec
 from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import EngineStore, StreamSpec
+from streamorch.store.postgres import EngineStore
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +26,7 @@ async def _fleet(store: EngineStore, workers: int, streams: int) -> None:
     for i in range(workers):
         await store.register(name=f"w{i}", capacity=10, labels={}, address=None, ttl=60)
     await store.bulk([StreamSpec(f"s{i}", "http://x") for i in range(streams)], "upsert")
-    result = await store.reconcile_pass(Policy(), None, lease_ttl=60)
+    result = await engine.reconcile_pass(store, Policy(), None, lease_ttl=60)
     assert len(result.plan.grants) == streams
 
 
@@ -40,7 +42,7 @@ async def test_lapsed_leases_expire_and_streams_are_regranted(store, postgres_se
         database,
         "UPDATE workers SET lease_expires_at = now() - interval '1 second' WHERE name = 'w0'",
     )
-    result = await store.reconcile_pass(Policy(), None, lease_ttl=60)
+    result = await engine.reconcile_pass(store, Policy(), None, lease_ttl=60)
     assert len(result.expired) == 1
     assert result.graced == 0
     assert len(result.plan.grants) == 3  # w0's streams, now on the survivors
@@ -61,7 +63,7 @@ async def test_control_plane_outage_extends_leases_instead_of_expiring(
         "UPDATE workers SET lease_expires_at = now() - interval '50 minutes'; "
         "UPDATE cluster SET last_pass_at = now() - interval '1 hour'",
     )
-    result = await store.reconcile_pass(Policy(), None, lease_ttl=60)
+    result = await engine.reconcile_pass(store, Policy(), None, lease_ttl=60)
     assert result.graced == 3
     assert result.expired == []
     assert all(w["status"] == "active" for w in await store.list_workers(None))
@@ -73,7 +75,7 @@ async def test_control_plane_outage_extends_leases_instead_of_expiring(
         database,
         "UPDATE workers SET lease_expires_at = now() - interval '1 second' WHERE name = 'w2'",
     )
-    again = await store.reconcile_pass(Policy(), None, lease_ttl=60)
+    again = await engine.reconcile_pass(store, Policy(), None, lease_ttl=60)
     assert again.graced == 0
     assert len(again.expired) == 1
 
@@ -83,7 +85,7 @@ async def test_concurrent_passes_are_serialised(store):
     ran = []
 
     async def one() -> None:
-        ran.append((await store.reconcile_pass(Policy(), None, lease_ttl=60)).ran)
+        ran.append((await engine.reconcile_pass(store, Policy(), None, lease_ttl=60)).ran)
 
     async with anyio.create_task_group() as tg:
         for _ in range(6):

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from streamorch.backing import endpoints
+from streamorch.core import engine
 from streamorch.domain.models import Policy
 from streamorch.store.database import DatabaseManager
 from streamorch.store.postgres import EngineStore
@@ -40,12 +41,12 @@ async def _status(store: EngineStore, name: str) -> str:
 async def test_a_lease_expires_only_once_it_ended_longer_ago_than_the_servers_lag(store):
     await store.register(name="w", capacity=1, labels={}, address=None, ttl=60)
     await _lapse(store, "w", 0.5)
-    result = await store.reconcile_pass(Policy(), None, lease_ttl=60, expiry_grace_s=2.0)
+    result = await engine.reconcile_pass(store, Policy(), None, lease_ttl=60, expiry_grace_s=2.0)
     assert result.expired == []
     assert result.next_expiry_s is not None
     assert result.next_expiry_s > 0
     assert await _status(store, "w") == "active"
-    result = await store.reconcile_pass(Policy(), None, lease_ttl=60, expiry_grace_s=0.1)
+    result = await engine.reconcile_pass(store, Policy(), None, lease_ttl=60, expiry_grace_s=0.1)
     assert len(result.expired) == 1
 
 
@@ -58,7 +59,7 @@ async def test_a_late_heartbeat_renews_a_lease_that_no_pass_expired(store):
         row["id"], incarnation=row["incarnation"], running=[], draining=False, metrics={}, ttl=60
     )
     assert result.status == "active"
-    assert (await store.reconcile_pass(Policy(), None, lease_ttl=60)).expired == []
+    assert (await engine.reconcile_pass(store, Policy(), None, lease_ttl=60)).expired == []
 
 
 async def test_heartbeats_waiting_in_a_slow_server_keep_their_workers_alive(api):
@@ -83,7 +84,7 @@ async def test_heartbeats_waiting_in_a_slow_server_keep_their_workers_alive(api)
             # Every lease runs out while each worker's heartbeat waits in the server, and
             # passes keep running meanwhile.
             async def lapsed() -> bool:
-                async with orch.db.connection() as conn:
+                async with orch.store.db.connection() as conn:
                     cur = await conn.execute(
                         "SELECT bool_and(lease_expires_at < now() - interval '0.5 second') "
                         "FROM workers"

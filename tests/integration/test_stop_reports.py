@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 
 from streamorch.backing import endpoints
+from streamorch.core import engine
 from streamorch.domain.models import Policy
+from streamorch.domain.records import StreamSpec
 from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import EngineStore, StreamSpec
+from streamorch.store.postgres import EngineStore
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +49,7 @@ async def _holding(store: EngineStore, key: str) -> tuple[str, str] | None:
 
 
 async def _pass(store: EngineStore):
-    result = await store.reconcile_pass(Policy(), None, lease_ttl=60)
+    result = await engine.reconcile_pass(store, Policy(), None, lease_ttl=60)
     assert result.ran
     return result
 

@@ -44,7 +44,8 @@ def test_every_problem_code_is_in_the_troubleshooting_guide():
 def test_every_event_kind_is_documented():
     import re
 
-    source = (Path(__file__).parents[2] / "src" / "streamorch" / "store").rglob("*.py")
+    package = Path(__file__).parents[2] / "src" / "streamorch"
+    source = [*(package / "store").rglob("*.py"), *(package / "core").rglob("*.py")]
     text = "\n".join(path.read_text() for path in source)
     kinds = set(re.findall(r'Event\(\s*"([a-z_]+)"', text))
     kinds |= set(re.findall(r'"([a-z_]+)" if created else "([a-z_]+)"', text)[0])

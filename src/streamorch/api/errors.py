@@ -105,8 +105,9 @@ def install(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    @app.exception_handler(errors.UnstorableValue)
     @app.exception_handler(psycopg.DataError)
-    async def unstorable(request: Request, exc: psycopg.DataError) -> JSONResponse:
+    async def unstorable(request: Request, exc: Exception) -> JSONResponse:
         # A backstop: validation refuses what PostgreSQL cannot store, so reaching this
         # means a rule is missing there. Still the client's 422, logged in one line.
         log.warning(
@@ -123,6 +124,7 @@ def install(app: FastAPI) -> None:
             status_code=422,
         )
 
+    @app.exception_handler(errors.StoreUnavailable)
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
     async def database_down(request: Request, exc: Exception) -> JSONResponse:

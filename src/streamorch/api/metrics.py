@@ -25,8 +25,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from streamorch.core.retention import RetentionReport
+    from streamorch.domain.records import PassResult
     from streamorch.ops.runtime import Runtime
-    from streamorch.store.postgres import PassResult
 
 log = logging.getLogger(__name__)
 

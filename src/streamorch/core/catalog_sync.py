@@ -11,101 +11,29 @@ as a source emptied by mistake — log a warning with a fix and keep what is the
 
 Columns: `key` or `id` (the stream key; an integer id becomes its decimal string, the id
 the original instance protocol uses), `url`; optional `weight`, `labels`, `requires`
-(JSON objects or JSON text) and `enabled`. Other columns are ignored.
+(JSON objects or JSON text) and `enabled`. Other columns are ignored (the row rule:
+domain/catalog.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-from psycopg.rows import dict_row
-
 from streamorch.config import Settings
-from streamorch.store.postgres import StreamSpec
+from streamorch.core.ports import SourceFetch
+from streamorch.domain.catalog import RowError, streams_from_rows
+from streamorch.domain.errors import StoreError
+from streamorch.domain.records import StreamSpec
 
 log = logging.getLogger(__name__)
 
-# The stream key rule of API.md (the API checks it in api/schemas.py, the database in a CHECK).
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
-CONNECT_TIMEOUT_S = 10
-QUERY_TIMEOUT_MS = 60_000
-
 Apply = Callable[[list[StreamSpec], str], Awaitable[dict[str, int]]]
-
-
-class RowError(ValueError):
-    """A source row (or file record) that cannot become a stream."""
-
-
-def stream_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One source row as a bulk-API stream: key, url, weight, labels, requires, enabled."""
-    raw_key = row.get("key", row.get("id"))
-    if raw_key is None or raw_key == "":
-        raise RowError("no `key` or `id` column value")
-    key = str(raw_key).strip()
-    if not KEY_PATTERN.match(key):
-        raise RowError(f"key {key[:80]!r} is invalid: use 1-200 letters, digits or ._:-/")
-    url = str(row.get("url") or "").strip()
-    if not url:
-        raise RowError(f"stream {key!r}: no url")
-    stream: dict[str, Any] = {"key": key, "url": url}
-    weight = row.get("weight")
-    if weight not in (None, ""):
-        try:
-            stream["weight"] = int(weight)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise RowError(f"stream {key!r}: weight {weight!r} is not a whole number") from None
-        if stream["weight"] < 1:
-            raise RowError(f"stream {key!r}: weight must be at least 1")
-    for name in ("labels", "requires"):
-        value = row.get(name)
-        if value in (None, ""):
-            continue
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                raise RowError(f"stream {key!r}: {name} is not JSON") from None
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise RowError(f"stream {key!r}: {name} must be an object of strings")
-        stream[name] = value
-    enabled = row.get("enabled")
-    if enabled not in (None, ""):
-        if isinstance(enabled, str):
-            lowered = enabled.strip().lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no", "t", "f"):
-                raise RowError(f"stream {key!r}: enabled {enabled!r} is not true or false")
-            enabled = lowered in ("true", "1", "yes", "t")
-        stream["enabled"] = bool(enabled)
-    return stream
-
-
-def streams_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Every row as a stream; `RowError` naming the first problems if any row is bad."""
-    streams, problems, seen = [], [], set()
-    for number, row in enumerate(rows, start=1):
-        try:
-            stream = stream_from_row(row)
-        except RowError as exc:
-            problems.append(f"row {number}: {exc}")
-            continue
-        if stream["key"] in seen:
-            problems.append(f"row {number}: key {stream['key']!r} appears twice")
-        seen.add(stream["key"])
-        streams.append(stream)
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise RowError("; ".join(problems[:5]) + more)
-    return streams
 
 
 @dataclass(frozen=True)
@@ -131,7 +59,7 @@ class SyncRefused(Exception):
 class CatalogSync:
     """The sync loop: `start()`, idempotent `stop()`, and `sync_once()` for one round."""
 
-    def __init__(self, settings: Settings, apply: Apply) -> None:
+    def __init__(self, settings: Settings, apply: Apply, fetch: SourceFetch) -> None:
         assert settings.streams_source_dsn is not None
         self._dsn = settings.streams_source_dsn.get_secret_value()
         self.query = settings.streams_source_query
@@ -139,29 +67,22 @@ class CatalogSync:
         self.mode = settings.streams_source_mode
         self.allow_empty = settings.streams_source_allow_empty
         self._apply = apply
+        self._fetch = fetch
         self._task: asyncio.Task[None] | None = None
         self.last_report: SyncReport | None = None
         self.last_error: str | None = None
         self.runs = 0
 
     async def fetch(self) -> list[dict[str, Any]]:
-        conn = await psycopg.AsyncConnection.connect(
-            self._dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=False
-        )
-        async with conn:
-            await conn.set_read_only(True)
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}")
-            await cur.execute(self.query)  # type: ignore[arg-type]  # operator-configured SQL
-            return await cur.fetchall()
+        return await self._fetch(self._dsn, self.query)
 
     async def sync_once(self) -> SyncReport:
         """Fetch, check and apply once; raises on any failure, leaving the catalog as it was."""
         try:
             rows = await self.fetch()
-        except (psycopg.Error, OSError) as exc:
+        except (StoreError, OSError) as exc:
             raise SyncRefused(
-                f"the stream source cannot be read: {type(exc).__name__}: {exc}".strip(),
+                f"the stream source cannot be read: {_describe(exc)}".strip(),
                 "check STREAMS_SOURCE_DSN (host, port, database, user, password) and "
                 "STREAMS_SOURCE_QUERY against the source database",
             ) from exc
@@ -202,9 +123,9 @@ class CatalogSync:
         except SyncRefused as exc:
             self._failed(str(exc), exc.fix)
             return None
-        except (psycopg.Error, OSError) as exc:  # the source was read; the catalog's store failed
+        except (StoreError, OSError) as exc:  # the source was read; the catalog's store failed
             self._failed(
-                f"the catalog could not be written: {type(exc).__name__}: {exc}".strip(),
+                f"the catalog could not be written: {_describe(exc)}".strip(),
                 "the orchestrator's own PostgreSQL is failing (see GET /health); the next "
                 "round tries again",
             )
@@ -260,3 +181,10 @@ class CatalogSync:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _describe(exc: Exception) -> str:
+    """`Class: message`, naming the driver's class when a StoreError wraps one."""
+    if isinstance(exc, StoreError) and exc.__cause__ is not None:
+        return str(exc)  # the store's text already starts with the driver error's class
+    return f"{type(exc).__name__}: {exc}"

@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from streamorch.core.service import Orchestrator
-from streamorch.store.compat import CompatStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,9 @@ def split_address(value: str | None) -> tuple[str | None, int | None]:
 class Compat:
     def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
-        self.store = CompatStore(orch.db)
+        if orch.compat_store is None:
+            raise RuntimeError("the orchestrator was built without the original protocol's store")
+        self.store = orch.compat_store
         self.ttl = orch.settings.compat_lease_ttl
         self._pool_empty_at = -math.inf
 
@@ -87,6 +88,14 @@ class Compat:
         exists = await self.store.pool_exists()
         self._pool_empty_at = -math.inf if exists else now
         return exists
+
+    async def instance(self, server_id: str) -> dict[str, Any] | None:
+        """The worker registered as `server_id`, or None."""
+        return await self.store.instance(server_id)
+
+    async def urls(self, ids: list[int]) -> dict[str, str]:
+        """The URL of each of these streams that exists, by key."""
+        return await self.store.urls([key_of(i) for i in ids])
 
     async def _changed(self, touched: set[str]) -> None:
         await self.orch.notifier.publish(touched)

@@ -16,12 +16,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import psycopg
-
+from streamorch.core import engine
 from streamorch.core.loop_lag import LoopLag
+from streamorch.core.ports import EngineStore
 from streamorch.domain.errors import StoreError
 from streamorch.domain.models import Policy
-from streamorch.store.postgres import EngineStore, PassResult
+from streamorch.domain.records import PassResult
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ class ReconcilerStats:
     expired: int = 0
     unplaced: dict[str, str] = field(default_factory=dict)
     settling: bool = False  # the last planned pass waited for registrations to settle
+    # "running", "failed" (an unexpected error ended the loop: see docs/decisions/0020)
+    # or "stopped".
+    state: str = "stopped"
+    fatal_error: str | None = None
 
 
 class Reconciler:
@@ -54,8 +58,10 @@ class Reconciler:
         on_touched: Callable[[set[str]], Awaitable[None]],
         lease_ttl: float = 10.0,
         lag: LoopLag | None = None,
+        offload: engine.Offloader | None = None,
     ) -> None:
         self.store = store
+        self.offload = offload or engine.Offloader()
         self.lease_ttl = lease_ttl
         self.lag = lag
         self.policy = policy
@@ -89,8 +95,36 @@ class Reconciler:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        except Exception:
+            # A fatal error: run() logged it with its traceback and marked the reconciler
+            # failed; stopping must not fail the shutdown of the server for it.
+            log.debug("the reconciler had failed before it was stopped")
 
     async def run(self) -> None:
+        """Pass after pass until `stop()`.
+
+        A store failure (database away, pool exhausted) is retried with back-off. Any
+        other exception is a bug: it is logged with its traceback, marks the reconciler
+        failed at once (health reports it), and is re-raised from the task
+        (docs/decisions/0020-fatal-reconciler-errors.md).
+        """
+        self.stats.state = "running"
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            self.stats.state = "stopped"
+            raise
+        except Exception as exc:
+            self.stats.state = "failed"
+            self.stats.fatal_error = self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception(
+                "the reconciler stopped on an unexpected error; no more passes run here",
+                extra={"action": "reconciler_failed"},
+            )
+            raise
+        self.stats.state = "stopped"
+
+    async def _loop(self) -> None:
         failures = 0
         while not self._stopping:
             delay = self.interval
@@ -98,9 +132,7 @@ class Reconciler:
                 result = await self.run_once()
                 failures = 0
                 delay = self.next_delay(result)
-            except asyncio.CancelledError:
-                raise
-            except (psycopg.Error, StoreError, OSError) as exc:
+            except (StoreError, OSError) as exc:
                 failures += 1
                 self.stats.last_error = str(exc)
                 log.warning(
@@ -136,11 +168,13 @@ class Reconciler:
 
     async def run_once(self) -> PassResult:
         started = time.perf_counter()
-        result = await self.store.reconcile_pass(
+        result = await engine.reconcile_pass(
+            self.store,
             self.policy,
             self._seen_generation,
             lease_ttl=self.lease_ttl,
             expiry_grace_s=self.expiry_grace_s(),
+            offload=self.offload,
         )
         if result.graced:
             log.warning(

@@ -25,11 +25,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import psycopg
-
 from streamorch.config import Settings
+from streamorch.core.ports import RetentionStore
 from streamorch.domain.errors import StoreError
-from streamorch.store.retention import RetentionStore
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +108,7 @@ class Retention:
                 failures = 0
             except asyncio.CancelledError:
                 raise
-            except (psycopg.Error, StoreError, OSError) as exc:
+            except (StoreError, OSError) as exc:
                 failures += 1
                 self.stats.last_error = str(exc)
                 log.warning(

@@ -1,7 +1,8 @@
-"""The composition root of the engine: store, notifier and reconciler wired together.
+"""The engine's front: what routes call.
 
-Routes call the `Orchestrator`; it performs the change through the store (one
-transaction each), then wakes the workers concerned and the local reconciler.
+The `Orchestrator` performs each change through its store (one transaction each),
+then wakes the workers concerned and the local reconciler. It is given its
+collaborators (core/ports.py); ops/wiring.py builds them on PostgreSQL and Redis.
 """
 
 from __future__ import annotations
@@ -13,30 +14,48 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from streamorch.config import Settings
+from streamorch.core import engine
 from streamorch.core.catalog_sync import CatalogSync
 from streamorch.core.loop_lag import LoopLag
-from streamorch.core.notifier import Notifier
+from streamorch.core.ports import (
+    CompatStore,
+    DashboardReads,
+    EngineStore,
+    Notifier,
+    RetentionStore,
+    SourceFetch,
+)
 from streamorch.core.reconciler import Reconciler
 from streamorch.core.retention import Retention
 from streamorch.domain import credentials, placement
 from streamorch.domain.errors import NotFound
 from streamorch.domain.models import Policy, StreamView
-from streamorch.store import postgres
-from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import EngineStore, HeartbeatResult, StreamSpec
-from streamorch.store.retention import RetentionStore
+from streamorch.domain.records import HeartbeatResult, StreamSpec
 
 
 class Orchestrator:
-    def __init__(self, settings: Settings, db: DatabaseManager, redis: aioredis.Redis | None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: EngineStore,
+        notifier: Notifier,
+        retention: RetentionStore,
+        compat: CompatStore | None = None,
+        source: SourceFetch | None = None,
+        dashboard: DashboardReads | None = None,
+    ) -> None:
+        """`compat`: the original protocol's store (core/compat.py); `source`: reads the
+        external stream catalog when STREAMS_SOURCE_DSN is set (core/catalog_sync.py);
+        `dashboard`: the dashboard's own bounded reads (api/ui)."""
         self.settings = settings
-        self.db = db
-        self.store = EngineStore(db, plan_in_thread=settings.reconcile_plan_in_thread)
+        self.store = store
+        self.compat_store = compat
+        self.dashboard = dashboard
+        self.offload = engine.Offloader(in_thread=settings.reconcile_plan_in_thread)
         self.loop_lag = LoopLag(window_s=settings.lease_ttl)
-        self.notifier = Notifier(db.target.conninfo, redis)
+        self.notifier = notifier
         self.policy = Policy(
             settings.rebalance_threshold,
             settings.max_moves_per_pass,
@@ -50,11 +69,14 @@ class Orchestrator:
             self.notifier.publish,
             lease_ttl=settings.lease_ttl,
             lag=self.loop_lag,
+            offload=self.offload,
         )
-        self.retention = Retention(RetentionStore(db), settings)
+        self.retention = Retention(retention, settings)
         # Only when a source is configured: keeps the catalog equal to its rows.
         self.catalog_sync = (
-            CatalogSync(settings, self.bulk) if settings.streams_source_dsn else None
+            CatalogSync(settings, self.bulk, source)
+            if settings.streams_source_dsn and source is not None
+            else None
         )
 
     async def start(self) -> None:
@@ -91,6 +113,24 @@ class Orchestrator:
             row["reason"] = await self.explain(key)
         return row
 
+    async def find_stream(self, key: str) -> dict[str, Any] | None:
+        """The stream's row as stored (no explanation), or None."""
+        return await self.store.get_stream(key)
+
+    async def streams(
+        self,
+        *,
+        after: str,
+        limit: int,
+        state: str | None = None,
+        worker: str | None = None,
+        search: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Up to `limit` streams in key order after `after`, filtered."""
+        return await self.store.list_streams(
+            after=after, limit=limit, state=state, worker=worker, search=search
+        )
+
     async def delete_stream(self, key: str) -> None:
         await self._changed(await self.store.delete_stream(key))
 
@@ -100,8 +140,7 @@ class Orchestrator:
         return counts
 
     async def explain(self, key: str) -> str:
-        async with self.db.connection() as conn:
-            snapshot = await self.store.snapshot(conn)
+        snapshot = await self.store.placement_snapshot(self.offload)
         snapshot.settling = self.reconciler.stats.settling
         if key not in snapshot.streams:
             # The snapshot holds only streams placement may act on; a disabled stream
@@ -111,7 +150,7 @@ class Orchestrator:
                 snapshot.streams[key] = StreamView(
                     key, row["weight"], row["requires"], row["enabled"]
                 )
-        return await self.store.offload(placement.explain, snapshot, key, self.policy)
+        return await self.offload(placement.explain, snapshot, key, self.policy)
 
     # -- fleet -----------------------------------------------------------------
     async def register(
@@ -173,8 +212,7 @@ class Orchestrator:
             acked_version=acked_version,
             secret=secret,
         )
-        if result.became_draining:
-            await postgres.bump_generation(self.db)
+        # A beat that starts a drain moved the generation in its own transaction.
         if result.running_changed or result.became_draining:
             self.reconciler.wake()
         return result
@@ -202,6 +240,18 @@ class Orchestrator:
         self, statuses: list[str] | None, *, after: str = "", limit: int = 1000
     ) -> list[dict[str, Any]]:
         return await self.store.list_workers(statuses, after=after, limit=limit)
+
+    async def find_worker(
+        self, *, name: str | None = None, worker_id: uuid.UUID | None = None
+    ) -> dict[str, Any] | None:
+        """One worker by name or id, whatever its status, or None."""
+        return await self.store.get_worker(name=name, worker_id=worker_id)
+
+    async def original_instance(self, name: str) -> dict[str, Any] | None:
+        """The worker registered under `name` as the original protocol sees it, or None."""
+        if self.compat_store is None:
+            return None
+        return await self.compat_store.instance(name)
 
     async def worker(
         self, *, name: str | None = None, worker_id: uuid.UUID | None = None

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from typing import Any
 
-from streamorch.domain.errors import Forbidden
+from streamorch.domain.errors import Conflict, Forbidden
 
 HEADER = "X-Worker-Secret"
 MAX_LENGTH = 256  # longer values are refused unread
@@ -46,4 +47,16 @@ def refused(worker_id: Any, *, given: bool = True) -> Forbidden:
         "itself (the incarnation that registered last) may make this call; a worker that "
         "lost its secret registers again",
         code="invalid_worker_secret",
+    )
+
+
+def name_in_use(name: str, lease_left_s: float) -> Conflict:
+    """A registration refused: a live worker that did not prove to be the caller holds `name`."""
+    retry_after = max(1, math.ceil(lease_left_s))
+    return Conflict(
+        f"a live worker holds the name {name!r}: send its secret in "
+        f"{HEADER} to register as it again, or retry after its lease "
+        f"ends (in {retry_after} s); an admin may pass force=true",
+        code="name_in_use",
+        retry_after_s=retry_after,
     )

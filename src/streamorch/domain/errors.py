@@ -12,6 +12,9 @@
     │   ├── ServiceUnavailable  did not answer in time (carries the last problem)
     │   └── EmbeddedServiceError  an embedded server failed to start or stop
     ├── StoreError              a database operation failed (driver error as __cause__)
+    │   ├── StoreUnavailable    the database does not answer (connection, pool timeout)
+    │   ├── UnstorableValue     the database refused a value (NUL character, out of range)
+    │   ├── TransactionConflict  rolled back to resolve a conflict; safe to run again
     │   └── MigrationError
     └── StartupError            a start-up phase failed; carries phase and exit code
 
@@ -94,6 +97,19 @@ class EmbeddedServiceError(ServiceError):
 
 class StoreError(StreamorchError):
     pass
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or gave no connection in time: retry shortly."""
+
+
+class UnstorableValue(StoreError):
+    """The database refused a value the request carried (validation missed a rule)."""
+
+
+class TransactionConflict(StoreError):
+    """PostgreSQL rolled the transaction back to resolve a conflict (deadlock, serialization
+    failure): nothing of it remains, and running it again is correct."""
 
 
 class MigrationError(StoreError):

@@ -395,7 +395,11 @@ def reconciler(
         "error": None,
         "suggestion": None,
     }
-    if age is None and uptime_s < stale_after:
+    if getattr(stats, "state", None) == "failed":  # docs/decisions/0020
+        problem = failed_problem(stats.fatal_error)
+        body.update(status="failed", error=problem.message, suggestion=problem.fix)
+        body["code"] = problem.code
+    elif age is None and uptime_s < stale_after:
         body["status"] = "starting"
     elif age is None or age > stale_after:
         problem = stale_problem(age, interval, stats.last_error)
@@ -459,6 +463,15 @@ def stale_problem(age: float | None, interval: float, last_error: str | None) ->
     )
 
 
+def failed_problem(error: str | None) -> Problem:
+    return Problem(
+        "reconciler.failed",
+        f"this server's reconciler stopped on an unexpected error: {error}",
+        "look for `reconciler_failed` in the log (it has the traceback) and restart this "
+        "server; other replicas keep running passes",
+    )
+
+
 def module_problem(name: str, status: ModuleStatus) -> Problem:
     return Problem(
         "module.unavailable",
@@ -504,7 +517,11 @@ def overall(
 ) -> str:
     if postgres["status"] != "ready" or (required_redis and redis["status"] != "ready"):
         return "unhealthy"
-    if redis["status"] != "ready" or reconciler_status == "stale" or load_status != "ready":
+    if (
+        redis["status"] != "ready"
+        or reconciler_status in ("stale", "failed")
+        or load_status != "ready"
+    ):
         return "degraded"
     return "healthy"
 

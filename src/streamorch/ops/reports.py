@@ -165,7 +165,7 @@ def _impaired(
 ) -> list[str]:
     checks = (("postgresql", postgres), ("redis", redis))
     names = [name for name, check in checks if check["status"] != "ready"]
-    names += ["reconciler"] if reconciler["status"] == "stale" else []
+    names += ["reconciler"] if reconciler["status"] in ("stale", "failed") else []
     return names + (["server_load"] if load["status"] != "ready" else [])
 
 
@@ -306,8 +306,13 @@ async def ready_body(rt: Runtime) -> tuple[dict[str, Any], bool]:
     if not rt.ready:
         problem = health.not_started("the application is starting or stopping")
         orchestrator.update(error=problem.message, suggestion=problem.fix, code=problem.code)
+    failed = rt.orchestrator is not None and rt.orchestrator.reconciler.stats.state == "failed"
+    if failed and rt.orchestrator is not None:
+        problem = health.failed_problem(rt.orchestrator.reconciler.stats.fatal_error)
+        orchestrator.update(error=problem.message, suggestion=problem.fix, code=problem.code)
     ready = (
         rt.ready
+        and not failed
         and postgres["status"] == "ready"
         and (redis["status"] == "ready" or not rt.settings.redis_required)
     )

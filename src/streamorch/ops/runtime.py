@@ -21,6 +21,7 @@ from streamorch.backing.endpoints import RedisTarget
 from streamorch.config import Settings
 from streamorch.core.service import Orchestrator
 from streamorch.domain.errors import ServiceError
+from streamorch.ops import wiring
 from streamorch.ops.health import ServiceMonitor, start_monitors, stop_monitors
 from streamorch.ops.modules import ModuleStatus, load_optional
 from streamorch.ops.startup import StartupReport
@@ -76,7 +77,7 @@ class Runtime:
         """Connect, then start the orchestrator (after `wire` adds its observers) and monitors."""
         settings, db, redis_client = self.settings, self.db, self.redis
         await db.connect_with_retry()
-        self.orchestrator = Orchestrator(settings, db, redis_client)
+        self.orchestrator = wiring.build_orchestrator(settings, db, redis_client)
         if wire is not None:
             wire(self.orchestrator)
         await self.orchestrator.start()

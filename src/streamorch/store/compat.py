@@ -9,33 +9,23 @@ is one transaction, like the engine store's (I7); queries live in `sql/compat.sq
 from __future__ import annotations
 
 import json
-import re
 import uuid
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from streamorch.domain.records import Event
+from streamorch.store import queries
 from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import RECONCILE_LOCK_KEY, Event
+from streamorch.store.passes import RECONCILE_LOCK_KEY
 from streamorch.store.queries import sql as engine_sql
-from streamorch.store.retry import retry_conflicts
-
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-
-
-@cache
-def _queries() -> dict[str, str]:
-    text = (resources.files("streamorch.store") / "sql" / "compat.sql").read_text()
-    parts = _HEADER.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+from streamorch.store.retry import driver_errors_wrapped, retry_conflicts
 
 
 def sql(name: str) -> str:
-    return _queries()[name]
+    return queries.sql(name, "compat")
 
 
 async def _events(conn: psycopg.AsyncConnection, events: list[Event]) -> None:
@@ -52,6 +42,7 @@ async def _events(conn: psycopg.AsyncConnection, events: list[Event]) -> None:
         )
 
 
+@driver_errors_wrapped
 class CompatStore:
     def __init__(self, db: DatabaseManager) -> None:
         self.db = db

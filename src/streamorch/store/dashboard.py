@@ -8,34 +8,25 @@ are not prepared: their optional filters must be planned with the actual values.
 
 from __future__ import annotations
 
-import re
 import uuid
-from functools import cache
-from importlib import resources
 from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from streamorch.store import queries
 from streamorch.store.database import DatabaseManager
-
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+from streamorch.store.retry import driver_errors_wrapped
 
 # How many of the newest events a kind or worker filter, and the activity chart, look at.
 EVENT_WINDOW = 200_000
 
 
-@cache
-def _queries() -> dict[str, str]:
-    text = (resources.files("streamorch.store") / "sql" / "dashboard.sql").read_text()
-    parts = _HEADER.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-
-
 def sql(name: str) -> str:
-    return _queries()[name]
+    return queries.sql(name, "dashboard")
 
 
+@driver_errors_wrapped
 class DashboardStore:
     def __init__(self, db: DatabaseManager) -> None:
         self.db = db

@@ -8,33 +8,24 @@ probe's write is `ReadOnly`.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from streamorch.domain.errors import StoreError
-from streamorch.store import migrations
+from streamorch.store import migrations, queries
 from streamorch.store.database import DatabaseManager
-
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
 class ReadOnly(StoreError):
     """PostgreSQL accepts no writes: a standby, or default_transaction_read_only is on."""
 
 
-@cache
 def query(name: str) -> str:
-    text = (resources.files("streamorch.store") / "sql" / "health.sql").read_text()
-    parts = _HEADER.split(text)
-    queries: dict[str, str] = dict(zip(parts[1::2], (b.strip() for b in parts[2::2]), strict=True))
-    return queries[name]
+    return queries.sql(name, "health")
 
 
 def _ms(started: float) -> float:

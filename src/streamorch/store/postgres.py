@@ -8,128 +8,49 @@ so the caller can also fan the news out through Redis.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
 import json
-import math
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from streamorch.domain import credentials, placement, settle
-from streamorch.domain.errors import Conflict, LeaseExpired, NotFound, Superseded
-from streamorch.domain.models import (
-    EMPTY,
-    Holding,
-    Plan,
-    Policy,
-    Snapshot,
-    StreamView,
-    WorkerView,
-)
+from streamorch.domain import credentials
+from streamorch.domain.errors import Conflict, NotFound
+from streamorch.domain.models import Snapshot
+from streamorch.domain.records import Event, HeartbeatResult, StreamSpec, heartbeat_result
+from streamorch.store import passes, writes
 from streamorch.store.database import DatabaseManager
 from streamorch.store.heartbeats import Beat, HeartbeatBatcher
 from streamorch.store.queries import sql
-from streamorch.store.retry import retry_conflicts
+from streamorch.store.retry import driver_errors_wrapped, retry_conflicts
 from streamorch.store.rows import fetch_dicts, page_cursor
 
 WORKER_STATUSES = frozenset({"active", "draining", "expired", "left"})
 LIVE_STATUSES = frozenset({"active", "draining"})
 
-# The advisory lock that serialises reconcile passes across replicas.
-RECONCILE_LOCK_KEY = 0x52454331  # "REC1"
-NOTIFY_CHANNEL = "streamorch_assignments"
 
-T = TypeVar("T")
-# Below this many rows, CPU work stays on the event loop: a thread hop costs more.
-OFFLOAD_MIN_ROWS = 1000
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    key: str
-    url: str
-    weight: int = 1
-    labels: dict[str, str] = field(default_factory=dict)
-    requires: dict[str, str] = field(default_factory=dict)
-    enabled: bool = True
-
-
-@dataclass
-class Event:
-    kind: str
-    stream: str | None = None
-    worker: Any = None
-    reason: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class HeartbeatResult:
-    version: int
-    lease_expires_at: Any
-    status: str
-    running_changed: bool
-    became_draining: bool
-    assignments_json: str  # the JSON array of granted assignments, as PostgreSQL built it
-
-    @property
-    def assignments(self) -> list[dict[str, Any]]:
-        return json.loads(self.assignments_json)
-
-
-@dataclass
-class PassResult:
-    ran: bool = False  # False: another replica held the lock
-    planned: bool = False  # False: nothing new to consider, planning skipped
-    expired: list[str] = field(default_factory=list)
-    finished: int = 0
-    plan: Plan = field(default_factory=Plan)
-    touched: set[str] = field(default_factory=set)
-    generation: int = 0
-    graced: int = 0  # leases extended after a control-plane outage
-    next_expiry_s: float | None = None  # until the earliest live lease ends
-    settle_s: float = 0.0  # placement waits this much longer for registrations to settle
-
-
+@driver_errors_wrapped
 class EngineStore:
-    def __init__(self, db: DatabaseManager, *, plan_in_thread: bool = True) -> None:
+    def __init__(self, db: DatabaseManager) -> None:
         self.db = db
         self.heartbeats = HeartbeatBatcher(db)
-        self.plan_in_thread = plan_in_thread
 
     # -- helpers ---------------------------------------------------------------
-    async def _events(self, conn: psycopg.AsyncConnection, events: Sequence[Event]) -> None:
-        if not events:
-            return
-        if len(events) < OFFLOAD_MIN_ROWS:
-            params = event_params(events)
-        else:  # a large pass's events: encoding them is seconds of CPU at 100,000
-            params = await self.offload(event_params, events)
-        await conn.execute(sql("insert_events"), params)
+    async def _events(self, conn: psycopg.AsyncConnection[Any], events: Sequence[Event]) -> None:
+        await writes.events(conn, events)
 
-    async def _touch(self, conn: psycopg.AsyncConnection, worker_ids: Iterable[Any]) -> set[str]:
-        """Bump the version of workers whose desired set changed, and notify at commit."""
-        ids = sorted({str(w) for w in worker_ids if w is not None})
-        if ids:
-            await conn.execute(sql("bump_versions"), {"ids": ids})
-            for chunk in _chunks(ids, 200):  # pg_notify payloads are limited to 8000 bytes
-                await conn.execute(sql("notify"), {"payload": ",".join(chunk)})
-        return set(ids)
+    async def _touch(self, conn: psycopg.AsyncConnection[Any], worker_ids: Any) -> set[str]:
+        return await writes.touch(conn, worker_ids)
 
-    async def _stamp_revokes(self, conn: psycopg.AsyncConnection, keys: list[str]) -> None:
-        """Record, after the version bump, which owner version first lacks these streams."""
-        if keys:
-            await conn.execute(sql("stamp_revokes"), {"keys": keys})
+    async def _stamp_revokes(self, conn: psycopg.AsyncConnection[Any], keys: list[str]) -> None:
+        await writes.stamp_revokes(conn, keys)
 
-    async def _bump_generation(self, conn: psycopg.AsyncConnection) -> None:
-        await conn.execute(sql("bump_generation"))
+    async def _bump_generation(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await writes.bump_generation(conn)
 
     # -- catalog ---------------------------------------------------------------
     @retry_conflicts
@@ -216,7 +137,7 @@ class EngineStore:
         counts = {"created": 0, "updated": 0, "deleted": 0}
         touched: set[str] = set()
         async with self.db.connection(prepared=False) as conn, conn.transaction():
-            for chunk in _chunks(list(specs), 20_000):
+            for chunk in writes.chunks(list(specs), 20_000):
                 cur = await conn.execute(
                     sql("bulk_upsert_streams"),
                     {
@@ -283,14 +204,7 @@ class EngineStore:
                 and old["lease_valid"]
                 and not credentials.matches(proof, old["secret_hash"])
             ):
-                retry_after = max(1, math.ceil(old["lease_left_s"]))
-                raise Conflict(
-                    f"a live worker holds the name {name!r}: send its secret in "
-                    f"{credentials.HEADER} to register as it again, or retry after its lease "
-                    f"ends (in {retry_after} s); an admin may pass force=true",
-                    code="name_in_use",
-                    retry_after_s=retry_after,
-                )
+                raise credentials.name_in_use(name, old["lease_left_s"])
             if old is None:
                 await cur.execute(sql("insert_worker"), params)
                 row = await cur.fetchone()
@@ -359,30 +273,7 @@ class EngineStore:
                 worker_id, incarnation, running, draining, metrics, acked_version, ttl, secret_hash
             )
         )
-        if row is None:
-            raise NotFound("worker", str(worker_id))
-        if row["version"] is None:
-            if row["incarnation"] != incarnation:
-                raise Superseded(
-                    f"incarnation {incarnation} was superseded by incarnation "
-                    f"{row['incarnation']}: stop every stream and register again",
-                    current_incarnation=row["incarnation"],
-                )
-            if not row["secret_ok"]:
-                raise credentials.refused(worker_id)
-            raise LeaseExpired(
-                "the lease expired (or the worker was removed): stop every stream and register "
-                "again",
-                status=row["previous_status"],
-            )
-        return HeartbeatResult(
-            version=row["version"],
-            lease_expires_at=row["lease_expires_at"],
-            status=row["status"],
-            running_changed=bool(row["running_changed"]),
-            became_draining=row["previous_status"] != "draining" and row["status"] == "draining",
-            assignments_json=row["assignments"],
-        )
+        return heartbeat_result(row, worker_id, incarnation)
 
     async def desired(self, worker_id: uuid.UUID) -> dict[str, Any]:
         async with self.db.connection() as conn:
@@ -520,251 +411,18 @@ class EngineStore:
             await cur.execute(sql(query), params)
             return await fetch_dicts(cur)
 
-    async def snapshot(self, conn: psycopg.AsyncConnection) -> Snapshot:
-        """Everything placement needs, read on `conn`; built off the event loop."""
-        cur = await conn.execute(sql("live_workers"))
-        worker_rows = await cur.fetchall()
-        cur = await conn.execute(sql("placement_rows"))
-        rows = await cur.fetchall()
-        return await self.offload(build_snapshot, worker_rows, rows)
+    # -- placement -------------------------------------------------------------
+    async def placement_snapshot(self, offload: writes.Offload) -> Snapshot:
+        """Everything placement needs, read in a transaction of its own."""
+        async with self.db.connection() as conn:
+            return await passes.read_snapshot(conn, offload)
 
-    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU-heavy, pure work (snapshot building, planning) in a worker thread.
+    def pending_workers(self) -> list[uuid.UUID]:
+        """Workers with a heartbeat received but not written yet: they are alive."""
+        return self.heartbeats.pending_workers()
 
-        A pass at 100,000 streams spends about half a second in Python; on the event
-        loop that half second would hold back every heartbeat (I9). With
-        `plan_in_thread` off it runs inline (kept for comparison: bench/pass_latency.py).
-        """
-        if not self.plan_in_thread:
-            return fn(*args)
-        return await asyncio.to_thread(fn, *args)
-
-    # -- reconcile -------------------------------------------------------------
-    @retry_conflicts
-    async def reconcile_pass(
-        self,
-        policy: Policy,
-        seen_generation: int | None,
-        *,
-        lease_ttl: float = 10.0,
-        expiry_grace_s: float = 0.0,
-    ) -> PassResult:
-        """One pass, one transaction; skipped if another replica holds the lock (I7).
-
-        `expiry_grace_s`: how late this server recently ran (core/loop_lag.py); a lease
-        expires only once it ended longer ago than that, and never while a heartbeat
-        of its worker waits in this server (I9).
-        """
-        result = PassResult()
-        async with self.db.connection(prepared=False) as conn, conn.transaction():
-            cur = await conn.execute(sql("reconcile_lock"), {"key": RECONCILE_LOCK_KEY})
-            row = await cur.fetchone()
-            if not row or not row[0]:
-                return result
-            result.ran = True
-            touched: set[Any] = set()
-            events: list[Event] = []
-
-            cur = await conn.execute(sql("pass_gap"))
-            gap = (await cur.fetchone())[0]
-            if gap is not None and gap > lease_ttl / 2:
-                # No pass ran for half a lease: the control plane itself was out, so
-                # silence from workers proves nothing. Give every live worker a full
-                # lease to reach us again rather than expiring the whole fleet at once.
-                cur = await conn.execute(sql("grace_leases"), {"ttl": lease_ttl})
-                graced = len(await cur.fetchall())
-                result.graced = graced
-                events.append(
-                    Event(
-                        "leases_extended",
-                        None,
-                        None,
-                        "control_plane_outage",
-                        {"gap_s": round(gap, 1), "workers": graced},
-                    )
-                )
-
-            alive = self.heartbeats.pending_workers()
-            expiry = {"grace": expiry_grace_s, "alive": alive}
-            cur = await conn.execute(sql("expire_workers"), expiry)
-            expired = [w for (w,) in await cur.fetchall()]
-            if expired:
-                cur = await conn.execute(sql("release_workers"), {"ids": expired})
-                released = await cur.fetchall()
-                await conn.execute(sql("untarget"), {"ids": expired})
-                events += [Event("worker_expired", None, w, "lease_expired") for w in expired]
-                events += [Event("revoked", k, w, "lease_expired") for k, w in released]
-                touched.update(expired)
-                result.expired = [str(w) for w in expired]
-
-            cur = await conn.execute(sql("finish_moves"))
-            finished = await cur.fetchall()
-            preferred = {k: str(t) for k, _, t, _ in finished if t is not None}
-            moved_from = {k: str(w) for k, w, _, _ in finished}
-            events += [Event("stopped", k, w, reason) for k, w, _, reason in finished]
-            result.finished = len(finished)
-            if finished:
-                cur = await conn.execute(
-                    sql("drained_workers"), {"ids": list({str(w) for _, w, _, _ in finished})}
-                )
-                events += [
-                    Event("drained", None, w, "drain_complete") for (w,) in await cur.fetchall()
-                ]
-
-            cur = await conn.execute(sql("generation"))
-            generation = int((await cur.fetchone())[0])
-            result.generation = generation
-            if expired or finished or generation != seen_generation:
-                snapshot = await self.snapshot(conn)
-                snapshot.preferred = preferred
-                result.settle_s = await self._settle_s(conn, policy)
-                snapshot.settling = result.settle_s > 0
-                plan = await self.offload(plan_paused, snapshot, policy)
-                result.planned = True
-                result.plan = plan
-                touched |= await self._apply(conn, plan, events, moved_from)
-            await self._events(conn, events)
-            result.touched = await self._touch(conn, touched)
-            await self._stamp_revokes(conn, [r.stream for r in result.plan.revokes])
-            cur = await conn.execute(sql("next_expiry"), expiry)
-            result.next_expiry_s = (await cur.fetchone())[0]
-            await conn.execute(sql("note_pass"))  # last: see the query's comment
-        return result
-
-    async def _settle_s(self, conn: psycopg.AsyncConnection, policy: Policy) -> float:
-        if policy.settle_s <= 0:
-            return 0.0
-        cur = await conn.execute(
-            sql("recent_joins"), {"horizon": policy.settle_s + policy.settle_max_s}
-        )
-        ages = [age for (age,) in await cur.fetchall()]
-        return settle.remaining(ages, policy.settle_s, policy.settle_max_s)
-
-    async def _apply(
-        self,
-        conn: psycopg.AsyncConnection,
-        plan: Plan,
-        events: list[Event],
-        moved_from: dict[str, str],
-    ) -> set:
-        touched: set[Any] = set()
-        if plan.revokes:
-            cur = await conn.execute(
-                sql("apply_revokes"),
-                {
-                    "keys": [r.stream for r in plan.revokes],
-                    "targets": [r.target for r in plan.revokes],
-                    "reasons": [r.reason for r in plan.revokes],
-                },
-            )
-            for key, worker, target, reason in await cur.fetchall():
-                events.append(
-                    Event(
-                        "revoked", key, worker, reason, {"target": str(target) if target else None}
-                    )
-                )
-                touched.add(worker)
-        if plan.grants:
-            cur = await conn.execute(
-                sql("insert_grants"),
-                {
-                    "keys": [g.stream for g in plan.grants],
-                    "workers": [g.worker for g in plan.grants],
-                    "reasons": [g.reason for g in plan.grants],
-                },
-            )
-            rows = await cur.fetchall()
-            granted = await self.offload(grant_events, plan, rows, moved_from)
-            events += granted
-            touched.update(e.worker for e in granted)
-        return touched
-
-
-def event_params(events: Sequence[Event]) -> dict[str, list[Any]]:
-    """The `insert_events` statement's parameters."""
-    return {
-        "kinds": [e.kind for e in events],
-        "streams": [e.stream for e in events],
-        "workers": [None if e.worker is None else str(e.worker) for e in events],
-        "reasons": [e.reason for e in events],
-        "details": [json.dumps(e.details) for e in events],
-    }
-
-
-def grant_events(plan: Plan, rows: list[tuple], moved_from: dict[str, str]) -> list[Event]:
-    """The events of the grants written (rows of `insert_grants`): assigned, or moved."""
-    reasons = {g.stream: g.reason for g in plan.grants}
-    events = []
-    with paused_gc():
-        for key, worker, token in rows:
-            if reasons[key] == "moved":  # the second half of a move: revoked, stopped, moved
-                details = {"token": token, "from": moved_from.get(key)}
-                events.append(Event("moved", key, worker, "moved", details))
-            else:
-                events.append(Event("assigned", key, worker, reasons[key], {"token": token}))
-    return events
-
-
-def build_snapshot(worker_rows: list[tuple], rows: list[tuple]) -> Snapshot:
-    """A `Snapshot` from the rows of `live_workers` and `placement_rows`.
-
-    Plain tuples, ids read as text and no JSON parsing of empty `requires`: at
-    100,000 streams, dict rows, uuid.UUID objects turned back into str and
-    json.loads('{}') per row took ~1.5 s of a ~2.5 s snapshot
-    (bench/reconcile.py --breakdown).
-    """
-    workers = {
-        wid: WorkerView(
-            id=wid,
-            capacity=capacity,
-            labels=labels,
-            draining=status == "draining",
-            name=name,
-            pinned=pinned,
-        )
-        for wid, name, capacity, labels, status, pinned in worker_rows
-    }
-    streams: dict[str, StreamView] = {}
-    assignments: dict[str, Holding] = {}
-    new = tuple.__new__  # what the named tuples' __new__ calls, minus a Python frame
-    with paused_gc():
-        for key, weight, requires, enabled, worker, state, target in rows:
-            if weight is not None:
-                streams[key] = new(StreamView, (key, weight, requires or EMPTY, enabled))
-            if worker is not None:
-                assignments[key] = new(Holding, (key, worker, state, target))
-    return Snapshot(workers, streams, assignments)
-
-
-def plan_paused(snapshot: Snapshot, policy: Policy) -> Plan:
-    with paused_gc():
-        return placement.plan(snapshot, policy)
-
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """No cyclic garbage collection while a snapshot is built or planned.
-
-    Both allocate hundreds of thousands of objects that all stay alive, which makes
-    the collector run again and again for nothing: about a third of a snapshot's
-    time at 100,000 streams. Whatever cyclic garbage appears meanwhile is collected
-    once the collector is back on.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-async def bump_generation(db: DatabaseManager) -> None:
-    """Record a change that placement must look at (e.g. a worker that began draining)."""
-    async with db.connection() as conn:
-        await conn.execute(sql("bump_generation"))
+    def pass_tx(
+        self, offload: writes.Offload
+    ) -> contextlib.AbstractAsyncContextManager[passes.PostgresPassTx]:
+        """One reconcile pass's transaction (its steps: store/passes.py)."""
+        return passes.pass_tx(self.db, offload)

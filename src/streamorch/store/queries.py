@@ -1,4 +1,8 @@
-"""Runtime SQL, loaded from `sql/queries.sql` by its `-- name: …` headers."""
+"""The store's SQL: one loader for every `sql/<file>.sql`, by its `-- name: …` headers.
+
+`queries.sql` holds the engine's statements; `compat.sql`, `dashboard.sql`,
+`retention.sql` and `health.sql` those of their modules.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,17 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
 @cache
-def _all() -> dict[str, str]:
-    text = (resources.files("streamorch.store") / "sql" / "queries.sql").read_text()
+def load(file: str = "queries") -> dict[str, str]:
+    """Every statement of `sql/<file>.sql`, by name."""
+    text = (resources.files("streamorch.store") / "sql" / f"{file}.sql").read_text()
     parts = _HEADER.split(text)
     # parts = [preamble, name1, body1, name2, body2, ...]
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
-def sql(name: str) -> str:
-    return _all()[name]
+def _all() -> dict[str, str]:
+    return load("queries")
+
+
+def sql(name: str, file: str = "queries") -> str:
+    return load(file)[name]

@@ -10,38 +10,27 @@ holds it. Queries live in `sql/retention.sql`.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from streamorch.domain.errors import Conflict, NotFound
+from streamorch.domain.records import Event
+from streamorch.store import queries
 from streamorch.store.database import DatabaseManager
-from streamorch.store.postgres import Event
 from streamorch.store.queries import sql as engine_sql
-from streamorch.store.retry import retry_conflicts
+from streamorch.store.retry import driver_errors_wrapped, retry_conflicts
 
 # The advisory lock of retention batches ("RET1"); reconcile passes have their own.
 RETENTION_LOCK_KEY = 0x52455431
 
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-
-
-@cache
-def _queries() -> dict[str, str]:
-    text = (resources.files("streamorch.store") / "sql" / "retention.sql").read_text()
-    parts = _HEADER.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-
 
 def sql(name: str) -> str:
-    return _queries()[name]
+    return queries.sql(name, "retention")
 
 
 async def write_events(conn: psycopg.AsyncConnection, events: Sequence[Event]) -> None:
@@ -58,6 +47,7 @@ async def write_events(conn: psycopg.AsyncConnection, events: Sequence[Event]) -
     )
 
 
+@driver_errors_wrapped
 class RetentionStore:
     def __init__(self, db: DatabaseManager) -> None:
         self.db = db

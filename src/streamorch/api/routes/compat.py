@@ -23,6 +23,7 @@ from streamorch.api import deps
 from streamorch.api.schemas import MAX_RUNNING, _check_labels, _check_metrics
 from streamorch.core.compat import Compat
 from streamorch.core.service import Orchestrator
+from streamorch.domain.errors import StoreUnavailable
 
 router = APIRouter(tags=["compat"], dependencies=[Depends(deps.require_worker)])
 
@@ -113,7 +114,7 @@ def _metrics(**values: Any) -> dict[str, Any]:
 
 @router.post("/register")
 async def register(body: RegisterBody, compat: Compat = Depends(_compat)) -> dict[str, Any]:
-    known = await compat.store.instance(body.server_id)
+    known = await compat.instance(body.server_id)
     await compat.register(
         body.server_id,
         capacity=body.max_streams,
@@ -189,7 +190,7 @@ async def assignments(compat: Compat = Depends(_compat)) -> dict[str, Any]:
 async def status(orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, Any]:
     try:
         view = await orch.status()
-    except (psycopg.OperationalError, PoolTimeout) as exc:
+    except (StoreUnavailable, psycopg.OperationalError, PoolTimeout) as exc:
         # As the original: still 200, saying what is wrong.
         return {"orchestrator_status": "error", "error": f"PostgreSQL is unavailable: {exc}"}
     streams, workers = view["streams"], view["workers"]
@@ -266,7 +267,7 @@ async def worker_assign(
             "message": message,
             "worker_id": worker_id,
         }
-    urls = await compat.store.urls([str(i) for i in ids])
+    urls = await compat.urls(ids)
     streams = [
         {
             "stream_id": str(i),

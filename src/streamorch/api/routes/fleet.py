@@ -72,7 +72,7 @@ async def list_workers(
 ) -> Response:
     """One page of workers in name order: `{"items": [...], "next_cursor": str | null}`."""
     if name is not None:
-        row = await orch.store.get_worker(name=name)
+        row = await orch.find_worker(name=name)
         wanted = STATUS_GROUPS[status or "all"]
         items = [worker_out(row)] if row is not None and row["status"] in wanted else []
         return JSONResponse({"items": items, "next_cursor": None})

@@ -19,7 +19,7 @@ from streamorch.api.schemas import (
 )
 from streamorch.core.service import Orchestrator
 from streamorch.domain.errors import InvalidInput
-from streamorch.store.postgres import StreamSpec
+from streamorch.domain.records import StreamSpec
 
 router = APIRouter(
     prefix="/v1/streams", tags=["streams"], dependencies=[Depends(deps.require_admin)]
@@ -93,9 +93,7 @@ async def list_streams(
     worker: str | None = Query(None, pattern=NAME_PATTERN),
     orch: Orchestrator = Depends(deps.orchestrator),
 ) -> Response:
-    rows = await orch.store.list_streams(
-        after=cursor or "", limit=limit + 1, state=state, worker=worker
-    )
+    rows = await orch.streams(after=cursor or "", limit=limit + 1, state=state, worker=worker)
 
     def build() -> dict[str, Any]:
         items = [stream_out(r) for r in rows[:limit]]

@@ -23,11 +23,10 @@ from psycopg_pool import PoolTimeout
 from streamorch.api.schemas import KEY_PATTERN
 from streamorch.api.ui import security, views
 from streamorch.api.ui.templating import render
+from streamorch.core.ports import DashboardReads
 from streamorch.core.service import Orchestrator
 from streamorch.domain import errors
-from streamorch.store.compat import CompatStore
-from streamorch.store.dashboard import DashboardStore
-from streamorch.store.postgres import StreamSpec
+from streamorch.domain.records import StreamSpec
 
 PAGE_SIZE = 50
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -52,9 +51,7 @@ class UIRoute(APIRoute):
                 response = await handler(request)
             except SignInRequired:
                 response = _to_login(request)
-            except errors.StreamorchError as exc:
-                response = _error_page(request, exc)
-            except (psycopg.OperationalError, PoolTimeout):
+            except (errors.StoreUnavailable, psycopg.OperationalError, PoolTimeout):
                 response = render(
                     request,
                     "error.html",
@@ -65,6 +62,8 @@ class UIRoute(APIRoute):
                     },
                     status_code=503,
                 )
+            except errors.StreamorchError as exc:
+                response = _error_page(request, exc)
             return security.finish(request, response)
 
         return route
@@ -81,11 +80,11 @@ def _orch(request: Request) -> Orchestrator:
     return _runtime(request).orchestrator
 
 
-def _store(request: Request) -> DashboardStore:
-    extras = _runtime(request).extras
-    if "dashboard" not in extras:
-        extras["dashboard"] = DashboardStore(_runtime(request).db)
-    return extras["dashboard"]
+def _store(request: Request) -> DashboardReads:
+    dashboard = _orch(request).dashboard
+    if dashboard is None:
+        raise RuntimeError("the orchestrator was built without the dashboard's reads")
+    return dashboard
 
 
 def _guard(request: Request) -> None:
@@ -291,12 +290,12 @@ async def streams(request: Request) -> Response:
     state = request.query_params.get("state") or None
     state = state if state in _STATES else None
     cursor = _text(request, "cursor") or ""
-    rows = await _orch(request).store.list_streams(
+    rows = await _orch(request).streams(
         after=cursor, limit=PAGE_SIZE + 1, state=state, worker=None, search=search
     )
     exact = None
     if search and _KEY.match(search) and not cursor:
-        exact = await _orch(request).store.get_stream(search)
+        exact = await _orch(request).find_stream(search)
     return render(
         request,
         "streams.html",
@@ -329,7 +328,7 @@ def _key(value: str | None) -> str:
 async def stream(request: Request) -> Response:
     _guard(request)
     key = _key(request.query_params.get("key"))
-    row = await _orch(request).store.get_stream(key)
+    row = await _orch(request).find_stream(key)
     if row is None:
         raise errors.NotFound("stream", key)
     events = await _store(request).recent_events(limit=LIVE_EVENTS, stream=key)
@@ -366,7 +365,7 @@ async def stream_action(request: Request) -> Response:
         return RedirectResponse("/ui/streams?" + urlencode({"deleted": key}), status_code=303)
     if action not in ("enable", "disable"):
         raise errors.InvalidInput(f"unknown action {action!r}: use enable, disable or delete")
-    row = await orch.store.get_stream(key)
+    row = await orch.find_stream(key)
     if row is None:
         raise errors.NotFound("stream", key)
     spec = StreamSpec(
@@ -388,7 +387,7 @@ async def events(request: Request) -> Response:
     worker_id = views.parse_uuid(worker_text)
     unknown_worker = False
     if worker_text and worker_id is None:
-        found = await CompatStore(_runtime(request).db).instance(worker_text)
+        found = await _orch(request).original_instance(worker_text)
         worker_id = found["id"] if found else None
         unknown_worker = found is None
     try:

@@ -1,7 +1,7 @@
 """What the dashboard pages show, built from the orchestrator's own calls.
 
 Pure shaping of rows for the templates (counts, ages, the activity chart); every read
-goes through `Orchestrator`, `EngineStore` or the bounded `DashboardStore` queries.
+goes through the `Orchestrator` (and its `dashboard` reads, bounded queries of their own).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streamorch.core import compat
+from streamorch.core.ports import DashboardReads
 from streamorch.core.service import Orchestrator
-from streamorch.store.dashboard import DashboardStore
 
 # The event kinds offered in the events filter (docs/reference/events.md has them all).
 EVENT_KINDS = (
@@ -181,7 +181,7 @@ ACTIVITY_TTL_S = 30.0  # a chart of minutes
 class Overview:
     """What the overview shows; the expensive parts shared between open pages."""
 
-    def __init__(self, runtime: Any, orch: Orchestrator, store: DashboardStore) -> None:
+    def __init__(self, runtime: Any, orch: Orchestrator, store: DashboardReads) -> None:
         self.runtime = runtime
         self.store = store
         self.status = Shared(STATUS_TTL_S, self._status)

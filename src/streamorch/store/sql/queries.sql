@@ -143,6 +143,13 @@ WITH input AS (
        -- this server was slow to read it (I9).
        AND prev.status IN ('active', 'draining')
     RETURNING w.id, w.lease_expires_at, w.status
+), generation AS (
+    -- A beat that starts a drain changes what placement must consider: the generation
+    -- moves in this same transaction. Read after `upd`, so the cluster row is locked
+    -- after the worker rows (the order every change takes); no row, no lock, otherwise.
+    UPDATE cluster SET generation = generation + 1
+     WHERE EXISTS (SELECT 1 FROM upd JOIN prev ON prev.id = upd.id
+                    WHERE upd.status = 'draining' AND prev.status <> 'draining')
 )
 SELECT prev.id, prev.incarnation, prev.status AS previous_status,
        coalesce(i.secret_hash IS NULL OR prev.secret_hash = i.secret_hash, false) AS secret_ok,

@@ -1,4 +1,5 @@
-"""Wake long-polls within ~100 ms when a worker's desired set changes, across replicas.
+"""Wake long-polls within ~100 ms when a worker's desired set changes, across replicas (the
+engine's Notifier port, core/ports.py, on PostgreSQL LISTEN/NOTIFY and Redis pub/sub).
 
 Changes are announced twice: `pg_notify` inside the transaction that made them
 (delivered at commit, so never before the change is visible) and a Redis publish
@@ -19,11 +20,9 @@ from collections.abc import AsyncIterator, Iterable
 import psycopg
 import redis.asyncio as aioredis
 
-from streamorch.store.postgres import NOTIFY_CHANNEL
+from streamorch.store.keys import NOTIFY_CHANNEL, REDIS_CHANNEL
 
 log = logging.getLogger(__name__)
-
-REDIS_CHANNEL = "streamorch:assignments"
 
 
 class Notifier:
