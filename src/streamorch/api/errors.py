@@ -7,11 +7,9 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
@@ -106,7 +104,6 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(errors.UnstorableValue)
-    @app.exception_handler(psycopg.DataError)
     async def unstorable(request: Request, exc: Exception) -> JSONResponse:
         # A backstop: validation refuses what PostgreSQL cannot store, so reaching this
         # means a rule is missing there. Still the client's 422, logged in one line.
@@ -125,8 +122,6 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(errors.StoreUnavailable)
-    @app.exception_handler(psycopg.OperationalError)
-    @app.exception_handler(PoolTimeout)
     async def database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning(
             "database unavailable: %s",

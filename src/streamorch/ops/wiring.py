@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from streamorch.config import Settings
 from streamorch.core.service import Orchestrator
 from streamorch.store import catalog_source
+from streamorch.store.clients import RedisClient
 from streamorch.store.compat import CompatStore
 from streamorch.store.dashboard import DashboardStore
 from streamorch.store.database import DatabaseManager
@@ -16,7 +15,7 @@ from streamorch.store.retention import RetentionStore
 
 
 def build_orchestrator(
-    settings: Settings, db: DatabaseManager, redis: aioredis.Redis | None
+    settings: Settings, db: DatabaseManager, redis: RedisClient | None
 ) -> Orchestrator:
     """The Orchestrator on PostgreSQL (`db`) and, when configured, Redis."""
     return Orchestrator(

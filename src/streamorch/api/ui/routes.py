@@ -14,11 +14,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-import psycopg
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
-from psycopg_pool import PoolTimeout
 
 from streamorch.api.schemas import KEY_PATTERN
 from streamorch.api.ui import security, views
@@ -51,7 +49,7 @@ class UIRoute(APIRoute):
                 response = await handler(request)
             except SignInRequired:
                 response = _to_login(request)
-            except (errors.StoreUnavailable, psycopg.OperationalError, PoolTimeout):
+            except errors.StoreUnavailable:
                 response = render(
                     request,
                     "error.html",
