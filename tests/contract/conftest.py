@@ -73,7 +73,6 @@ async def harness(backend: tuple[str, Any]) -> AsyncIterator[Harness]:
         yield MemoryHarness(MemoryStore())
         return
     from streamorch.backing import endpoints
-
     from streamorch.store.database import DatabaseManager
     from streamorch.store.postgres import EngineStore
 
