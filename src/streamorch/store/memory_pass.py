@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from streamorch.domain.models import Grant, Revoke, Snapshot
 from streamorch.domain.records import Event
 from streamorch.store.memory_records import LIVE, AssignmentRow, State
 
-if TYPE_CHECKING:
-    from streamorch.store.memory import MemoryStore
-
 Offload = Callable[..., Any]
+
+
+class MemoryStore(Protocol):
+    """What a pass uses of store/memory.py's MemoryStore (named here, not imported: no cycle)."""
+
+    state: State
+    clock: Callable[[], float]
+    _pass_locked: bool
+
+    def _snapshot(self) -> Snapshot: ...
+    def _stamp_revokes(self, keys: Sequence[str]) -> None: ...
+    def _token(self) -> int: ...
+    def _touch(self, worker_ids: Iterable[Any]) -> set[str]: ...
+    def _untarget(self, ids: Iterable[uuid.UUID]) -> None: ...
+    def _write_events(self, events: Sequence[Event]) -> None: ...
 
 
 class MemoryPassTx:
