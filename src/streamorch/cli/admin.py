@@ -249,7 +249,7 @@ def streams_import(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from streamorch.core.catalog_sync import RowError, streams_from_rows
+    from streamorch.domain.catalog import RowError, streams_from_rows
 
     kind = (fmt or file.suffix.lstrip(".")).lower()
     if kind not in ("csv", "json"):
