@@ -249,7 +249,7 @@ def streams_import(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from streamorch.core.catalog_sync import RowError, streams_from_rows
+    from streamorch.domain.catalog import RowError, streams_from_rows
 
     kind = (fmt or file.suffix.lstrip(".")).lower()
     if kind not in ("csv", "json"):
@@ -433,7 +433,7 @@ def status(server: Server = DEFAULT_SERVER, token: Token = None, as_json: AsJson
     _out().print(table)
 
 
-def _worker_of(event: dict) -> str:
+def _worker_of(event: dict[str, Any]) -> str:
     name = event["worker"] or "-"
     if event.get("worker_kind") == "original":
         name += f" (original {event.get('worker_generation') or ''})".replace(" )", ")")
