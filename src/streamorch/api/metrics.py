@@ -201,8 +201,8 @@ class Metrics:
 
     # -- read at scrape time ---------------------------------------------------
     async def refresh(self, rt: Runtime) -> None:
-        for name, status in rt.module_status.items():
-            self.modules.labels(name).set(1 if status.status == "available" else 0)
+        for name, module in rt.module_status.items():
+            self.modules.labels(name).set(1 if module.status == "available" else 0)
         for name, monitor in rt.monitors.items():
             self.up.labels(name).set(1 if monitor.available else 0)
         stats = rt.db.pool_stats()

@@ -23,6 +23,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 from starlette.routing import Route
 
 from streamorch.api.schemas import DesiredOut, ErrorBody, HeartbeatBody
@@ -90,10 +92,11 @@ def install(app: FastAPI, heartbeat_route: Route) -> None:
 
 def _add_heartbeat(schema: dict[str, Any], path: str) -> None:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model, mode, name in (
+    models: tuple[tuple[type[BaseModel], JsonSchemaMode, str], ...] = (
         (HeartbeatBody, "validation", "WorkerHeartbeat"),
         (DesiredOut, "serialization", "DesiredOut"),
-    ):
+    )
+    for model, mode, name in models:
         generated = model.model_json_schema(ref_template=REF, mode=mode)
         components.update(generated.pop("$defs", {}))
         components[name] = generated

@@ -35,9 +35,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streamorch.domain.errors import EmbeddedServiceError
 from streamorch.domain.problems import Problem
@@ -116,14 +117,16 @@ class DataDir:
         self._write_json(self.state_file, values, mode=0o644)
 
     @staticmethod
-    def _read_json(path: Path) -> dict:
+    def _read_json(path: Path) -> dict[str, Any]:
         try:
-            return json.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError:
             return {}
+        values: dict[str, Any] = json.loads(text)
+        return values
 
     @staticmethod
-    def _write_json(path: Path, values: dict, *, mode: int) -> None:
+    def _write_json(path: Path, values: dict[str, Any], *, mode: int) -> None:
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "w") as handle:
@@ -380,7 +383,11 @@ class EmbeddedPostgres:
                 )
 
     def _run(
-        self, argv: list, *, check: bool = True, timeout: float | None = 60
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        check: bool = True,
+        timeout: float | None = 60,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(a) for a in argv],

@@ -108,7 +108,7 @@ async def _wait(service: str, probe: Callable[[float], Awaitable[Probe]], timeou
         retry=retry_if_result(keep_trying),
     )
     try:
-        result = await retrying(attempt)
+        result: Probe | None = await retrying(attempt)
     except RetryError:
         result = last
     assert result is not None

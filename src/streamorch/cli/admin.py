@@ -433,7 +433,7 @@ def status(server: Server = DEFAULT_SERVER, token: Token = None, as_json: AsJson
     _out().print(table)
 
 
-def _worker_of(event: dict) -> str:
+def _worker_of(event: dict[str, Any]) -> str:
     name = event["worker"] or "-"
     if event.get("worker_kind") == "original":
         name += f" (original {event.get('worker_generation') or ''})".replace(" )", ")")

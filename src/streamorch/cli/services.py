@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:  # imported where used, so `streamorch --help` stays quick
+    from streamorch.ops.startup import EmbeddedServices
 
 app = typer.Typer(help="Manage the embedded PostgreSQL and Valkey servers.", no_args_is_help=True)
 
@@ -68,9 +72,9 @@ def status() -> None:
         raise typer.Exit(1)
 
 
-def _print(services: object) -> bool:
+def _print(services: EmbeddedServices) -> bool:
     all_up = True
-    for endpoint in services.status():  # type: ignore[attr-defined]
+    for endpoint in services.status():
         state = "running" if endpoint.running else "stopped"
         all_up &= endpoint.running
         typer.echo(f"{endpoint.name}: {state} port={endpoint.port} pid={endpoint.pid}")

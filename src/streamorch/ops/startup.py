@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from streamorch.backing import endpoints, provision, waits
-from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
+from streamorch.backing.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey, Endpoint
 from streamorch.config import Settings
 from streamorch.domain.errors import ServiceError, StartupError, StreamorchError
 from streamorch.domain.probes import Probe, schema_problem
@@ -108,7 +108,7 @@ class EmbeddedServices:
                     extra={"action": "embedded_stop_failed"},
                 )
 
-    def status(self) -> list:
+    def status(self) -> list[Endpoint]:
         return [s.status() for s in (self.postgres, self.valkey) if s is not None]
 
 

@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 
 from streamorch.config import Settings
 from streamorch.domain.errors import StartupError
@@ -197,7 +198,7 @@ def _child(fd: int, ready_fd: int, index: int) -> int:
     server: uvicorn.Server | None = None
     stop_early = False
 
-    def on_signal(signum: int, frame) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         # Before uvicorn serves: make it stop as soon as it starts. After it served: uvicorn
         # raises the signal it handled once more, and the shutdown was graceful already.
         nonlocal stop_early
@@ -210,9 +211,10 @@ def _child(fd: int, ready_fd: int, index: int) -> int:
     parent = os.getppid()
     sock = socket.socket(fileno=fd)
     app = create_app(settings)
+    loop: asyncio.AbstractEventLoop  # set by main(), before uvicorn calls handle_exit
 
     class _Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame) -> None:
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             loop.call_soon_threadsafe(release_long_polls, app)
 
@@ -244,7 +246,6 @@ def _child(fd: int, ready_fd: int, index: int) -> int:
         finally:
             watcher.cancel()
 
-    loop: asyncio.AbstractEventLoop
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(main())
     return 0 if server.started else int(ExitCode.SERVE)

@@ -16,6 +16,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from streamorch.backing.instance import AlreadyRunning, InstanceLock
@@ -156,12 +157,12 @@ async def _serve(
     class _Server(uvicorn.Server):
         """uvicorn waits for in-flight requests on shutdown: end long-polls first."""
 
-        def __init__(self, config: uvicorn.Config, on_exit) -> None:
+        def __init__(self, config: uvicorn.Config, on_exit: Callable[[], object]) -> None:
             super().__init__(config)
             self._on_exit = on_exit
             self._loop = asyncio.get_running_loop()
 
-        def handle_exit(self, sig: int, frame) -> None:
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             self._loop.call_soon_threadsafe(self._on_exit)
 

@@ -112,7 +112,9 @@ class CompatStore:
     async def pool_exists(self) -> bool:
         async with self.db.connection() as conn:
             cur = await conn.execute(sql("pool_exists"))
-            return bool((await cur.fetchone())[0])
+            row = await cur.fetchone()
+        assert row is not None, "SELECT EXISTS returns one row"
+        return bool(row[0])
 
     @retry_conflicts
     async def hand_out(

@@ -19,6 +19,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
@@ -77,6 +78,16 @@ def _retryable(exc: BaseException) -> bool:
     return not (isinstance(exc, ServiceError) and diagnose.is_permanent(exc.problem))
 
 
+def _log_retry(state: RetryCallState) -> None:
+    # before_sleep runs after a failed attempt: the outcome is set.
+    error = state.outcome.exception() if state.outcome is not None else None
+    log.warning(
+        "database connection attempt %d failed; retrying",
+        state.attempt_number,
+        extra={"action": "db_connect_retry", "error": str(error)},
+    )
+
+
 class DatabaseManager:
     def __init__(self, target: PostgresTarget, settings: Settings) -> None:
         self.target = target
@@ -103,11 +114,7 @@ class DatabaseManager:
             wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.5),
             retry=retry_if_exception(_retryable),
             reraise=True,
-            before_sleep=lambda state: log.warning(
-                "database connection attempt %d failed; retrying",
-                state.attempt_number,
-                extra={"action": "db_connect_retry", "error": str(state.outcome.exception())},
-            ),
+            before_sleep=_log_retry,
         )
         async for attempt in retrying:
             with attempt:

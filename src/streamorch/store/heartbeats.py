@@ -138,7 +138,7 @@ class HeartbeatBatcher:
             raise
         finally:
             self._writing -= {p.beat.worker_id for p in batch}
-            self._in_flight.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._in_flight.discard(asyncio.current_task())
             self._start_batches()
 
     async def _write_isolated(self, batch: list[_Pending]) -> None:

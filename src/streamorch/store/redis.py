@@ -138,6 +138,7 @@ class Notifier:
             finally:
                 self.listening["redis"] = False
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    # redis-py leaves PubSub.aclose unannotated (Redis.aclose is typed).
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -96,8 +96,8 @@ class StreamUpdateBody(Lenient):
 
 def _compat(request: Request, orch: Orchestrator = Depends(deps.orchestrator)) -> Compat:
     # One per application: it remembers for a moment that no stream is waiting.
-    extras = request.app.state.runtime.extras
-    compat = extras.get("compat")
+    extras = deps.get_runtime(request).extras
+    compat: Compat | None = extras.get("compat")
     if compat is None or compat.orch is not orch:
         compat = extras["compat"] = Compat(orch)
     return compat
@@ -266,7 +266,7 @@ async def worker_assign(
             "worker_id": worker_id,
         }
     urls = await compat.urls(ids)
-    streams = [
+    streams: list[dict[str, Any]] = [
         {
             "stream_id": str(i),
             "id": i,

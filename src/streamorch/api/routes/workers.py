@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from streamorch.api import deps
 from streamorch.api.schemas import INT64_MAX, DesiredOut, HeartbeatBody, RegisterBody
+from streamorch.config import Settings
 from streamorch.core.service import Orchestrator
 from streamorch.domain import credentials
 from streamorch.domain.errors import Forbidden
@@ -24,8 +25,8 @@ from streamorch.domain.errors import Forbidden
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
 
 
-def _settings(request: Request):
-    return request.app.state.runtime.settings
+def _settings(request: Request) -> Settings:
+    return deps.get_settings(request)
 
 
 def desired_response(request: Request, row: dict[str, Any]) -> Response:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 
+from streamorch.api import deps
 from streamorch.api.schemas import KEY_PATTERN
 from streamorch.api.ui import security, views
 from streamorch.api.ui.templating import render
@@ -25,6 +26,7 @@ from streamorch.core.ports import DashboardReads
 from streamorch.core.service import Orchestrator
 from streamorch.domain import errors
 from streamorch.domain.records import StreamSpec
+from streamorch.ops.runtime import Runtime
 
 PAGE_SIZE = 50
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -70,12 +72,14 @@ class UIRoute(APIRoute):
 router = APIRouter(route_class=UIRoute, include_in_schema=False)
 
 
-def _runtime(request: Request) -> Any:
-    return request.app.state.runtime
+def _runtime(request: Request) -> Runtime:
+    return deps.get_runtime(request)
 
 
 def _orch(request: Request) -> Orchestrator:
-    return _runtime(request).orchestrator
+    orch = _runtime(request).orchestrator
+    assert orch is not None, "pages are served only once the lifespan has started it"
+    return orch
 
 
 def _store(request: Request) -> DashboardReads:
@@ -206,7 +210,8 @@ def _overview(request: Request) -> views.Overview:
     extras = _runtime(request).extras
     if "overview" not in extras:
         extras["overview"] = views.Overview(_runtime(request), _orch(request), _store(request))
-    return extras["overview"]
+    overview: views.Overview = extras["overview"]
+    return overview
 
 
 # -- workers -------------------------------------------------------------------

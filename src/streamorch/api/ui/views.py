@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from streamorch.core import compat
 from streamorch.core.ports import DashboardReads
@@ -149,7 +149,10 @@ def health(runtime: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-class Shared:
+T = TypeVar("T")
+
+
+class Shared(Generic[T]):
     """One value for every page open on this replica, computed at most once per `ttl` s.
 
     The fleet-wide aggregates (`/v1/status`'s counts and loads, the hour's activity)
@@ -157,21 +160,23 @@ class Shared:
     is computed once per period, and concurrent requests wait for the same computation.
     """
 
-    def __init__(self, ttl: float, compute: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(self, ttl: float, compute: Callable[[], Awaitable[T]]) -> None:
         self.ttl = ttl
         self.compute = compute
-        self._value: Any = None
+        self._value: tuple[T] | None = None  # boxed: None until the first computation
         self._expires = 0.0
         self._lock = asyncio.Lock()
 
-    async def get(self) -> Any:
-        if time.monotonic() < self._expires:
-            return self._value
+    async def get(self) -> T:
+        value = self._value
+        if value is not None and time.monotonic() < self._expires:
+            return value[0]
         async with self._lock:
-            if time.monotonic() >= self._expires:
-                self._value = await self.compute()
+            value = self._value
+            if value is None or time.monotonic() >= self._expires:
+                value = self._value = (await self.compute(),)
                 self._expires = time.monotonic() + self.ttl
-        return self._value
+        return value[0]
 
 
 STATUS_TTL_S = 2.0  # below the pages' poll period: every poll sees a newer status

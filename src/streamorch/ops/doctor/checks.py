@@ -29,7 +29,7 @@ from streamorch.domain.errors import (
     ServiceError,
     StoreError,
 )
-from streamorch.domain.probes import Probe, schema_problem
+from streamorch.domain.probes import Probe, Status, schema_problem
 from streamorch.domain.problems import Problem
 from streamorch.store import diagnostics, migrations
 
@@ -98,9 +98,9 @@ def load_configuration(environ: Mapping[str, str]) -> Configuration:
         if problem not in problems:
             problems.append(problem)
     for problem in problems:
-        name = FIELD_BY_ENV.get(str(problem.context.get("variable", "")))
-        if name is not None:
-            invalid.add(name)
+        field_name = FIELD_BY_ENV.get(str(problem.context.get("variable", "")))
+        if field_name is not None:
+            invalid.add(field_name)
     return Configuration(settings, problems, frozenset(invalid))
 
 
@@ -307,7 +307,7 @@ async def check_schema(target: PostgresTarget, timeout: float) -> Probe:
     )
     if problem is None:
         return Probe("postgresql_schema", "ok", f"version {current}, up to date", data=data)
-    status = "warn" if current < expected else "fail"
+    status: Status = "warn" if current < expected else "fail"
     return Probe("postgresql_schema", status, problem.message, problem, data)
 
 
