@@ -28,6 +28,14 @@ def query(name: str) -> str:
     return queries.sql(name, "health")
 
 
+async def _value(cur: psycopg.AsyncCursor[Any]) -> Any:
+    """The first column of a statement that always returns one row."""
+    row = await cur.fetchone()
+    if row is None:
+        raise StoreError("a statement that returns one row returned none")
+    return row[0]
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
@@ -47,10 +55,10 @@ async def deep_check(db: DatabaseManager, timeout: float, details: dict[str, Any
     try:
         async with asyncio.timeout(timeout), db.pool.connection(timeout=timeout) as conn:
             cur = await conn.execute("SELECT current_setting('server_version')")
-            details["server_version"] = (await cur.fetchone())[0]  # type: ignore[index]
+            details["server_version"] = await _value(cur)
             latency = _ms(started)
             cur = await conn.execute(query("schema_version"))
-            details["schema_version"] = int((await cur.fetchone())[0])  # type: ignore[index]
+            details["schema_version"] = int(await _value(cur))
             if details["schema_version"]:
                 cur = await conn.execute(query("cluster_pass"))
                 row = await cur.fetchone()
@@ -60,7 +68,7 @@ async def deep_check(db: DatabaseManager, timeout: float, details: dict[str, Any
             ops = time.perf_counter()
             async with conn.transaction(force_rollback=True):
                 cur = await conn.execute(query("probe_write"))
-                probe_id = (await cur.fetchone())[0]  # type: ignore[index]
+                probe_id = await _value(cur)
                 cur = await conn.execute(query("probe_read"), {"id": probe_id})
                 read = await cur.fetchone()
             if read is None or read[0] != "health_probe":
@@ -76,7 +84,7 @@ async def schema_version(db: DatabaseManager, timeout: float) -> int:
     try:
         async with asyncio.timeout(timeout), db.pool.connection(timeout=timeout) as conn:
             cur = await conn.execute(query("schema_version"))
-            return int((await cur.fetchone())[0])  # type: ignore[index]
+            return int(await _value(cur))
     except psycopg.Error as exc:
         raise _wrapped(exc) from exc
 
