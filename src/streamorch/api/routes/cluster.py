@@ -10,7 +10,6 @@ from starlette.responses import Response
 from streamorch.api import deps
 from streamorch.api.pages import json_page
 from streamorch.api.schemas import INT64_MAX, KEY_PATTERN
-from streamorch.core.service import Orchestrator
 
 # The largest page of any list; answers stay small enough to encode in milliseconds.
 MAX_PAGE = 1000
@@ -19,18 +18,18 @@ router = APIRouter(prefix="/v1", tags=["cluster"], dependencies=[Depends(deps.re
 
 
 @router.get("/status")
-async def status(orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, Any]:
+async def status(orch: deps.OrchestratorDep) -> dict[str, Any]:
     return await orch.status()
 
 
 @router.get("/events")
 async def events(
+    orch: deps.OrchestratorDep,
     since: int = Query(0, ge=0, le=INT64_MAX, description="only events after this id"),
     limit: int = Query(100, ge=1, le=MAX_PAGE),
     stream: str | None = Query(None, pattern=KEY_PATTERN),
     newest: bool = Query(False, description="the newest `limit` events, newest first"),
     before: int | None = Query(None, ge=1, le=INT64_MAX, description="newest first, below this id"),
-    orch: Orchestrator = Depends(deps.orchestrator),
 ) -> Response:
     """One page of the event log.
 

@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse
 from streamorch.api import deps
 from streamorch.api.pages import json_page
 from streamorch.api.schemas import NAME_PATTERN
-from streamorch.core.service import Orchestrator
 
 router = APIRouter(
     prefix="/v1/workers", tags=["workers"], dependencies=[Depends(deps.require_admin)]
@@ -58,6 +57,7 @@ def worker_out(r: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("")
 async def list_workers(
+    orch: deps.OrchestratorDep,
     status: str | None = Query(
         None,
         pattern="^(active|draining|expired|left|live|departed|all)$",
@@ -68,7 +68,6 @@ async def list_workers(
     ),
     limit: int = Query(100, ge=1, le=MAX_PAGE),
     cursor: str | None = Query(None, pattern=NAME_PATTERN, description="next_cursor of a page"),
-    orch: Orchestrator = Depends(deps.orchestrator),
 ) -> Response:
     """One page of workers in name order: `{"items": [...], "next_cursor": str | null}`."""
     if name is not None:
@@ -86,15 +85,13 @@ async def list_workers(
 
 
 @router.get("/{worker_id}")
-async def get_worker(
-    worker_id: uuid.UUID, orch: Orchestrator = Depends(deps.orchestrator)
-) -> JSONResponse:
+async def get_worker(worker_id: uuid.UUID, orch: deps.OrchestratorDep) -> JSONResponse:
     """One worker by id, whatever its status."""
     return JSONResponse(worker_out(await orch.worker(worker_id=worker_id)))
 
 
 @router.post("/{worker_id}/forget", status_code=204)
-async def forget(worker_id: uuid.UUID, orch: Orchestrator = Depends(deps.orchestrator)) -> Response:
+async def forget(worker_id: uuid.UUID, orch: deps.OrchestratorDep) -> Response:
     """Delete a departed (left or expired) worker now; its events keep its name.
 
     409 `worker_not_departed` while it is live: drain and remove it first.

@@ -17,7 +17,6 @@ from streamorch.api.schemas import (
     StreamBody,
     key_problem,
 )
-from streamorch.core.service import Orchestrator
 from streamorch.domain.errors import InvalidInput
 from streamorch.domain.records import StreamSpec
 
@@ -78,7 +77,7 @@ def stream_out(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/bulk")
-async def bulk(body: BulkBody, orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, int]:
+async def bulk(body: BulkBody, orch: deps.OrchestratorDep) -> dict[str, int]:
     specs = [
         StreamSpec(s.key, s.url, s.weight, s.labels, s.requires, s.enabled) for s in body.streams
     ]
@@ -87,11 +86,11 @@ async def bulk(body: BulkBody, orch: Orchestrator = Depends(deps.orchestrator)) 
 
 @router.get("")
 async def list_streams(
+    orch: deps.OrchestratorDep,
     limit: int = Query(100, ge=1, le=1000),
     cursor: str | None = Query(None, pattern=CURSOR_PATTERN),
     state: str | None = Query(None, pattern="^(assigned|unassigned|moving)$"),
     worker: str | None = Query(None, pattern=NAME_PATTERN),
-    orch: Orchestrator = Depends(deps.orchestrator),
 ) -> Response:
     rows = await orch.streams(after=cursor or "", limit=limit + 1, state=state, worker=worker)
 
@@ -104,7 +103,7 @@ async def list_streams(
 
 
 @router.get("/{key:anypath}/explain")
-async def explain(key: str, orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, Any]:
+async def explain(key: str, orch: deps.OrchestratorDep) -> dict[str, Any]:
     row = await orch.get_stream(valid_key(key))
     return {
         "key": key,
@@ -114,9 +113,7 @@ async def explain(key: str, orch: Orchestrator = Depends(deps.orchestrator)) -> 
 
 
 @router.put("/{key:anypath}")
-async def put_stream(
-    key: str, body: StreamBody, orch: Orchestrator = Depends(deps.orchestrator)
-) -> JSONResponse:
+async def put_stream(key: str, body: StreamBody, orch: deps.OrchestratorDep) -> JSONResponse:
     spec = StreamSpec(
         valid_key(key), body.url, body.weight, body.labels, body.requires, body.enabled
     )
@@ -125,11 +122,11 @@ async def put_stream(
 
 
 @router.get("/{key:anypath}")
-async def get_stream(key: str, orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, Any]:
+async def get_stream(key: str, orch: deps.OrchestratorDep) -> dict[str, Any]:
     return stream_out(await orch.get_stream(valid_key(key)))
 
 
 @router.delete("/{key:anypath}", status_code=204)
-async def delete_stream(key: str, orch: Orchestrator = Depends(deps.orchestrator)) -> Response:
+async def delete_stream(key: str, orch: deps.OrchestratorDep) -> Response:
     await orch.delete_stream(valid_key(key))
     return Response(status_code=204)

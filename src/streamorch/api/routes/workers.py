@@ -52,13 +52,13 @@ def desired_response(request: Request, row: dict[str, Any]) -> Response:
 
 @router.post("/register", status_code=201, dependencies=[Depends(deps.require_worker)])
 async def register(
+    orch: deps.OrchestratorDep,
     request: Request,
     body: RegisterBody,
     force: bool = Query(
         False,
         description="take the name over from its live holder (admin token only)",
     ),
-    orch: Orchestrator = Depends(deps.orchestrator),
 ) -> JSONResponse:
     """Start a new incarnation of the worker `name`; the answer's `secret` authenticates
     its calls. A live holder of the name is fenced only by a call that sends the
@@ -151,11 +151,11 @@ async def _heartbeat(request: Request, worker_id: uuid.UUID, body: HeartbeatBody
     response_model=DesiredOut,
 )
 async def assignments(
+    orch: deps.OrchestratorDep,
     request: Request,
     worker_id: uuid.UUID,
     version: int | None = Query(None, ge=0, le=INT64_MAX),
     wait: float = Query(0, ge=0, le=30),
-    orch: Orchestrator = Depends(deps.orchestrator),
 ) -> Response:
     return desired_response(request, await orch.desired(worker_id, version=version, wait=wait))
 
@@ -163,16 +163,14 @@ async def assignments(
 @router.post(
     "/{worker_id}/drain", status_code=202, dependencies=[Depends(deps.require_worker_secret)]
 )
-async def drain(
-    worker_id: uuid.UUID, orch: Orchestrator = Depends(deps.orchestrator)
-) -> dict[str, str]:
+async def drain(worker_id: uuid.UUID, orch: deps.OrchestratorDep) -> dict[str, str]:
     await orch.drain(worker_id)
     return {"status": "draining"}
 
 
 @router.delete("/{worker_id}", status_code=204, dependencies=[Depends(deps.require_worker_secret)])
 async def deregister(
-    worker_id: uuid.UUID, force: bool = False, orch: Orchestrator = Depends(deps.orchestrator)
+    worker_id: uuid.UUID, orch: deps.OrchestratorDep, force: bool = False
 ) -> Response:
     await orch.deregister(worker_id, force=force)
     return Response(status_code=204)
