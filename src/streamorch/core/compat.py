@@ -20,6 +20,7 @@ none. So (docs/decisions/0012-original-instances-pinned.md):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -223,50 +224,55 @@ class Compat:
     # -- views ---------------------------------------------------------------------
 
     async def instances(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The whole fleet (new workers too) in the original's shape, plus kind and lease."""
-        out = []
-        for r in await self.store.instances(name):
-            ip, port = split_address(r["address"])
-            original = r["kind"] == "original"
-            reported = r["metrics"].get("current_streams") if original else None
-            live = r["status"] in ("active", "draining")
-            out.append(
-                {
-                    "server_id": r["name"],
-                    "ip": ip,
-                    "port": port,
-                    "max_streams": r["capacity"],
-                    "current_streams": int(
-                        reported if reported is not None else r["running_count"]
-                    ),
-                    "status": "active" if live else "inactive",
-                    "registered_at": r["registered_at"].isoformat(),
-                    "last_heartbeat": r["last_heartbeat"].isoformat(),
-                    # What this registration holds: handed out minus released (original
-                    # instances), or granted (new workers).
-                    "assigned_streams": ids_of(r["handed"] if original else r["owned"]),
-                    "kind": r["kind"],
-                    "generation": r["generation"],
-                    "state": r["status"],
-                    "worker_id": str(r["id"]),
-                    "lease_expires_at": r["lease_expires_at"].isoformat(),
-                    "pinned_streams": ids_of(r["owned"]) if original else [],
-                }
-            )
-        return out
+        """The whole fleet (new workers too) in the original's shape, plus kind and lease.
+
+        Shaped in a worker thread: the fleet is one unpaged answer, and its stream lists
+        hold every assigned stream (tens of milliseconds of Python at 20,000)."""
+        rows = await self.store.instances(name)
+        return await asyncio.to_thread(lambda: [instance_view(r) for r in rows])
 
     async def assignments(self) -> list[dict[str, Any]]:
-        out = []
-        for r in await self.store.assignments():
-            ip, port = split_address(r["address"])
-            out.append(
-                {
-                    "stream_id": int(r["stream_key"]),
-                    "server_id": r["name"],
-                    "assigned_at": r["since"].isoformat(),
-                    "status": "active" if r["state"] == "granted" else "stopping",
-                    "ip": ip,
-                    "port": port,
-                }
-            )
-        return out
+        """Every assignment of a stream with an id, newest first: one entry per assigned
+        stream (20,000 with a large fleet), shaped in a worker thread."""
+        rows = await self.store.assignments()
+        return await asyncio.to_thread(lambda: [assignment_view(r) for r in rows])
+
+
+def instance_view(r: dict[str, Any]) -> dict[str, Any]:
+    """A worker row (CompatStore.instances) as the original protocol's instance."""
+    ip, port = split_address(r["address"])
+    original = r["kind"] == "original"
+    reported = r["metrics"].get("current_streams") if original else None
+    live = r["status"] in ("active", "draining")
+    return {
+        "server_id": r["name"],
+        "ip": ip,
+        "port": port,
+        "max_streams": r["capacity"],
+        "current_streams": int(reported if reported is not None else r["running_count"]),
+        "status": "active" if live else "inactive",
+        "registered_at": r["registered_at"].isoformat(),
+        "last_heartbeat": r["last_heartbeat"].isoformat(),
+        # What this registration holds: handed out minus released (original
+        # instances), or granted (new workers).
+        "assigned_streams": ids_of(r["handed"] if original else r["owned"]),
+        "kind": r["kind"],
+        "generation": r["generation"],
+        "state": r["status"],
+        "worker_id": str(r["id"]),
+        "lease_expires_at": r["lease_expires_at"].isoformat(),
+        "pinned_streams": ids_of(r["owned"]) if original else [],
+    }
+
+
+def assignment_view(r: dict[str, Any]) -> dict[str, Any]:
+    """An assignment row (CompatStore.assignments) as the original protocol's entry."""
+    ip, port = split_address(r["address"])
+    return {
+        "stream_id": int(r["stream_key"]),
+        "server_id": r["name"],
+        "assigned_at": r["since"].isoformat(),
+        "status": "active" if r["state"] == "granted" else "stopping",
+        "ip": ip,
+        "port": port,
+    }

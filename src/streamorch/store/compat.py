@@ -22,6 +22,7 @@ from streamorch.store.database import DatabaseManager
 from streamorch.store.passes import RECONCILE_LOCK_KEY
 from streamorch.store.queries import sql as engine_sql
 from streamorch.store.retry import driver_errors_wrapped, retry_conflicts
+from streamorch.store.rows import fetch_dicts, page_cursor
 
 
 def sql(name: str) -> str:
@@ -197,17 +198,20 @@ class CompatStore:
                 await conn.execute(engine_sql("bump_generation"))  # last: the engine's lock order
             return sorted(set(owned) | set(handed))
 
+    # The original views are unpaged (their clients read the whole fleet in one answer):
+    # rows are loaded as tuples in steps and made dicts in a worker thread (rows.py).
+
     async def instances(self, name: str | None = None) -> list[dict[str, Any]]:
         async with self.db.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
+            cur = page_cursor(conn)
             await cur.execute(sql("instances"), {"name": name})
-            return await cur.fetchall()
+            return await fetch_dicts(cur)
 
     async def assignments(self) -> list[dict[str, Any]]:
         async with self.db.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
+            cur = page_cursor(conn)
             await cur.execute(sql("assignments"))
-            return await cur.fetchall()
+            return await fetch_dicts(cur)
 
     async def urls(self, keys: list[str]) -> dict[str, str]:
         async with self.db.connection() as conn:

@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from streamorch.api import deps
+from streamorch.api.pages import json_answer
 from streamorch.api.schemas import MAX_RUNNING, _check_labels, _check_metrics
 from streamorch.core.compat import Compat
 from streamorch.core.service import Orchestrator
@@ -163,9 +164,14 @@ async def release(body: ReleaseBody, compat: Compat = Depends(_compat)) -> dict[
     return {"status": "released", "released_streams": released, "count": len(released)}
 
 
-@router.get("/instances")
-async def instances(compat: Compat = Depends(_compat)) -> dict[str, Any]:
-    return {"instances": await compat.instances()}
+# The unpaged views below answer the whole fleet, or every assigned stream, at once (the
+# original clients know no pages): shaped (core/compat.py) and encoded off the event loop.
+
+
+@router.get("/instances", response_model=dict[str, Any])
+async def instances(compat: Compat = Depends(_compat)) -> Response:
+    found = await compat.instances()
+    return await json_answer(lambda: {"instances": found})
 
 
 @router.get("/instances/{server_id}")
@@ -176,12 +182,13 @@ async def instance(server_id: str, compat: Compat = Depends(_compat)) -> JSONRes
             {"detail": f"instance {server_id} not found: it registers with POST /register"},
             status_code=404,
         )
-    return JSONResponse({"status": "success", "data": found[0]})
+    return await json_answer(lambda: {"status": "success", "data": found[0]})
 
 
-@router.get("/streams/assignments")
-async def assignments(compat: Compat = Depends(_compat)) -> dict[str, Any]:
-    return {"assignments": await compat.assignments()}
+@router.get("/streams/assignments", response_model=dict[str, Any])
+async def assignments(compat: Compat = Depends(_compat)) -> Response:
+    found = await compat.assignments()
+    return await json_answer(lambda: {"assignments": found})
 
 
 @router.get("/status")
@@ -293,21 +300,26 @@ async def stream_update(body: StreamUpdateBody) -> dict[str, Any]:
     return {"success": True, "message": f"stream {body.stream_id} status {body.status} noted"}
 
 
-@router.get("/api/workers")
-async def workers(compat: Compat = Depends(_compat)) -> dict[str, Any]:
-    items = [
-        {
-            "instance_id": i["server_id"],
-            "worker_type": i["kind"] if i["kind"] == "sdk" else "fingerv7",
-            "status": i["status"],
-            "capacity": i["max_streams"],
-            "current_load": i["current_streams"],
-            "available_capacity": max(i["max_streams"] - i["current_streams"], 0),
-            "last_heartbeat": i["last_heartbeat"],
-            "registered_at": i["registered_at"],
-            "kind": i["kind"],
-            "generation": i["generation"],
-        }
-        for i in await compat.instances()
-    ]
-    return {"workers": items, "total": len(items)}
+@router.get("/api/workers", response_model=dict[str, Any])
+async def workers(compat: Compat = Depends(_compat)) -> Response:
+    found = await compat.instances()
+
+    def build() -> dict[str, Any]:
+        items = [
+            {
+                "instance_id": i["server_id"],
+                "worker_type": i["kind"] if i["kind"] == "sdk" else "fingerv7",
+                "status": i["status"],
+                "capacity": i["max_streams"],
+                "current_load": i["current_streams"],
+                "available_capacity": max(i["max_streams"] - i["current_streams"], 0),
+                "last_heartbeat": i["last_heartbeat"],
+                "registered_at": i["registered_at"],
+                "kind": i["kind"],
+                "generation": i["generation"],
+            }
+            for i in found
+        ]
+        return {"workers": items, "total": len(items)}
+
+    return await json_answer(build)
