@@ -40,8 +40,6 @@ async def get_orchestrator(request: Request) -> Orchestrator:
     return orch
 
 
-orchestrator = get_orchestrator  # the name the routes used before the Annotated types
-
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OrchestratorDep = Annotated[Orchestrator, Depends(get_orchestrator)]

@@ -21,7 +21,6 @@ from streamorch.api import deps
 from streamorch.api.pages import json_answer
 from streamorch.api.schemas import MAX_RUNNING, _check_labels, _check_metrics
 from streamorch.core.compat import Compat
-from streamorch.core.service import Orchestrator
 from streamorch.domain.errors import StoreUnavailable
 
 router = APIRouter(tags=["compat"], dependencies=[Depends(deps.require_worker)])
@@ -95,13 +94,16 @@ class StreamUpdateBody(Lenient):
     status: str = Field(min_length=1, max_length=64)
 
 
-def _compat(request: Request, orch: Orchestrator = Depends(deps.orchestrator)) -> Compat:
+def _compat(request: Request, orch: deps.OrchestratorDep) -> Compat:
     # One per application: it remembers for a moment that no stream is waiting.
     extras = deps.get_runtime(request).extras
     compat: Compat | None = extras.get("compat")
     if compat is None or compat.orch is not orch:
         compat = extras["compat"] = Compat(orch)
     return compat
+
+
+CompatDep = Annotated[Compat, Depends(_compat)]
 
 
 def _metrics(**values: Any) -> dict[str, Any]:
@@ -112,7 +114,7 @@ def _metrics(**values: Any) -> dict[str, Any]:
 
 
 @router.post("/register")
-async def register(body: RegisterBody, compat: Compat = Depends(_compat)) -> dict[str, Any]:
+async def register(compat: CompatDep, body: RegisterBody) -> dict[str, Any]:
     known = await compat.instance(body.server_id)
     await compat.register(
         body.server_id,
@@ -133,7 +135,7 @@ async def register(body: RegisterBody, compat: Compat = Depends(_compat)) -> dic
 
 
 @router.post("/heartbeat")
-async def heartbeat(body: HeartbeatBody, compat: Compat = Depends(_compat)) -> dict[str, Any]:
+async def heartbeat(compat: CompatDep, body: HeartbeatBody) -> dict[str, Any]:
     # C1 sends system metrics with every heartbeat, C2 never does.
     await compat.heartbeat(
         body.server_id,
@@ -149,7 +151,7 @@ async def heartbeat(body: HeartbeatBody, compat: Compat = Depends(_compat)) -> d
 
 
 @router.post("/streams/assign")
-async def assign(body: AssignBody, compat: Compat = Depends(_compat)) -> dict[str, Any]:
+async def assign(compat: CompatDep, body: AssignBody) -> dict[str, Any]:
     status, ids, message = await compat.pull(body.server_id, body.requested_count)
     if status == "assigned":
         return {"status": status, "assigned_streams": ids, "count": len(ids)}
@@ -157,7 +159,7 @@ async def assign(body: AssignBody, compat: Compat = Depends(_compat)) -> dict[st
 
 
 @router.post("/streams/release")
-async def release(body: ReleaseBody, compat: Compat = Depends(_compat)) -> dict[str, Any]:
+async def release(compat: CompatDep, body: ReleaseBody) -> dict[str, Any]:
     if not body.stream_ids:
         return {"status": "no_streams_to_release"}
     released = await compat.release(body.server_id, body.stream_ids)
@@ -169,13 +171,13 @@ async def release(body: ReleaseBody, compat: Compat = Depends(_compat)) -> dict[
 
 
 @router.get("/instances", response_model=dict[str, Any])
-async def instances(compat: Compat = Depends(_compat)) -> Response:
+async def instances(compat: CompatDep) -> Response:
     found = await compat.instances()
     return await json_answer(lambda: {"instances": found})
 
 
 @router.get("/instances/{server_id}")
-async def instance(server_id: str, compat: Compat = Depends(_compat)) -> JSONResponse:
+async def instance(compat: CompatDep, server_id: str) -> JSONResponse:
     found = await compat.instances(server_id)
     if not found:
         return JSONResponse(
@@ -186,13 +188,13 @@ async def instance(server_id: str, compat: Compat = Depends(_compat)) -> JSONRes
 
 
 @router.get("/streams/assignments", response_model=dict[str, Any])
-async def assignments(compat: Compat = Depends(_compat)) -> Response:
+async def assignments(compat: CompatDep) -> Response:
     found = await compat.assignments()
     return await json_answer(lambda: {"assignments": found})
 
 
 @router.get("/status")
-async def status(orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, Any]:
+async def status(orch: deps.OrchestratorDep) -> dict[str, Any]:
     try:
         view = await orch.status()
     except StoreUnavailable as exc:
@@ -220,9 +222,7 @@ async def status(orch: Orchestrator = Depends(deps.orchestrator)) -> dict[str, A
 
 
 @router.post("/api/workers/register")
-async def worker_register(
-    body: WorkerRegisterBody, compat: Compat = Depends(_compat)
-) -> dict[str, Any]:
+async def worker_register(compat: CompatDep, body: WorkerRegisterBody) -> dict[str, Any]:
     await compat.register(
         body.instance_id,
         capacity=body.capacity,
@@ -240,9 +240,7 @@ async def worker_register(
 
 
 @router.post("/api/heartbeat")
-async def worker_heartbeat(
-    body: WorkerHeartbeatBody, compat: Compat = Depends(_compat)
-) -> dict[str, Any]:
+async def worker_heartbeat(compat: CompatDep, body: WorkerHeartbeatBody) -> dict[str, Any]:
     load = max(body.current_load, 0)
     await compat.heartbeat(
         body.worker_instance_id,
@@ -259,10 +257,10 @@ async def worker_heartbeat(
 
 @router.get("/api/streams/assign")
 async def worker_assign(
+    compat: CompatDep,
     worker_id: Annotated[str, Query(pattern=SERVER_ID_PATTERN)],
     capacity: Annotated[int, Query(ge=-1_000_000, le=1_000_000)] = 1,
     worker_type: Annotated[str, Query(max_length=64)] = "fingerv7",
-    compat: Compat = Depends(_compat),
 ) -> dict[str, Any]:
     status, ids, message = await compat.pull(worker_id, capacity)
     if status != "assigned":
@@ -301,7 +299,7 @@ async def stream_update(body: StreamUpdateBody) -> dict[str, Any]:
 
 
 @router.get("/api/workers", response_model=dict[str, Any])
-async def workers(compat: Compat = Depends(_compat)) -> Response:
+async def workers(compat: CompatDep) -> Response:
     found = await compat.instances()
 
     def build() -> dict[str, Any]:
