@@ -222,7 +222,9 @@ class Server:
         """What held the loop (see PROBE) between two `time.time()`s, longest first."""
         if not self.probe.exists():
             return []
-        lines = [json.loads(line) for line in self.probe.read_text().splitlines()]
+        # Complete lines only: the server may be halfway through writing the last one.
+        complete = self.probe.read_text().split("\n")[:-1]
+        lines = [json.loads(line) for line in complete if line]
         return sorted((x for x in lines if start <= x["at"] <= end), key=lambda x: -x["cpu"])
 
 

@@ -47,7 +47,7 @@ PROGRAM = textwrap.dedent(
 
 def journal(path: Path) -> list[tuple[str, float, str]]:
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text().split("\n")[:-1]:  # complete lines: the last may be half-written
         parts = line.split()
         if len(parts) == 3 and parts[0] in ("assign", "revoke", "exited"):
             out.append((parts[0], float(parts[1]), parts[2]))

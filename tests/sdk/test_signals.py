@@ -69,7 +69,9 @@ class Program:
             )
 
     def lines(self) -> list[list[str]]:
-        return [line.split() for line in self.out.read_text().splitlines() if line.strip()]
+        # Complete lines only: the program may be halfway through writing the last one.
+        complete = self.out.read_text().split("\n")[:-1]
+        return [line.split() for line in complete if line.strip()]
 
     def running(self) -> set[str]:
         now: set[str] = set()
