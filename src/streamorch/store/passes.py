@@ -18,6 +18,7 @@ from streamorch.store import writes
 from streamorch.store.database import DatabaseManager
 from streamorch.store.queries import sql
 from streamorch.store.retry import driver_errors
+from streamorch.store.rows import fetch_chunked
 
 # The advisory lock that serialises reconcile passes across replicas.
 RECONCILE_LOCK_KEY = 0x52454331  # "REC1"
@@ -43,7 +44,7 @@ class PostgresPassTx:
 
     async def _all(self, name: str, params: dict[str, Any] | None = None) -> list[Any]:
         cur = await self.conn.execute(sql(name), params)
-        return await cur.fetchall()
+        return await fetch_chunked(cur)
 
     async def try_lock(self) -> bool:
         return bool(await self._one("reconcile_lock", {"key": RECONCILE_LOCK_KEY}))
@@ -117,10 +118,10 @@ class PostgresPassTx:
 async def read_snapshot(conn: psycopg.AsyncConnection[Any], offload: writes.Offload) -> Snapshot:
     """Everything placement needs, read on `conn`; built through `offload`."""
     cur = await conn.execute(sql("live_workers"))
-    worker_rows = await cur.fetchall()
+    worker_rows = await fetch_chunked(cur)
     cur = await conn.execute(sql("placement_rows"))
-    rows = await cur.fetchall()
-    snapshot: Snapshot = await offload(build_snapshot, worker_rows, rows)
+    stream_rows = await fetch_chunked(cur)
+    snapshot: Snapshot = await offload(build_snapshot, worker_rows, stream_rows)
     return snapshot
 
 
