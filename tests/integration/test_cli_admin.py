@@ -246,7 +246,18 @@ def test_events_shows_the_newest_and_follows(cli, server):
 
     env = clean_env(STREAMORCH_SERVER=server, STREAMORCH_ADMIN_TOKEN=TOKEN)
     follower = subprocess.Popen(
-        [sys.executable, "-m", "streamorch", "events", "--follow", "--json", "--limit", "1"],
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-m",
+            "streamorch",
+            "events",
+            "--follow",
+            "--json",
+            "--limit",
+            "1",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -268,6 +279,12 @@ def test_events_shows_the_newest_and_follows(cli, server):
         assert live["id"] > first["id"]
     finally:
         follower.send_signal(signal.SIGINT)
-        _, err = follower.communicate(timeout=30)
+        try:
+            _, err = follower.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            # Where it hangs: -X faulthandler prints every thread's stack on SIGABRT.
+            follower.send_signal(signal.SIGABRT)
+            _, err = follower.communicate(timeout=30)
+            pytest.fail(f"`events --follow` did not stop within 30 s of SIGINT:\n{err}")
     assert follower.returncode == 0, err
     assert "Traceback" not in err
