@@ -167,18 +167,48 @@ async def test_an_unexpected_error_is_logged_reported_at_once_and_re_raised(capl
         raise KeyError("a broken invariant")
 
     rec.run_once = bug  # type: ignore[method-assign]
-    with caplog.at_level(logging.ERROR):
-        rec.start()
-        task = rec._task
-        assert task is not None
-        with pytest.raises(KeyError):
-            await task
+    with caplog.at_level(logging.ERROR), pytest.raises(KeyError):
+        await rec.run()
     assert rec.stats.state == "failed"
     assert rec.stats.fatal_error is not None
     assert "broken invariant" in rec.stats.fatal_error
     record = next(r for r in caplog.records if getattr(r, "action", "") == "reconciler_failed")
     assert record.exc_info is not None  # the traceback is in the log
-    await rec.stop()  # already reported: stopping does not raise it again
+
+
+async def test_after_an_unexpected_error_the_loop_runs_again_and_recovers(caplog):
+    store = MemoryStore()
+    await fleet(store, 1, 1)
+    rec = reconciler(store, restart_backoff_s=(0.01, 0.04))
+    real = rec.run_once
+    calls = 0
+    states: list[str] = []
+
+    async def bug_twice() -> Any:
+        nonlocal calls
+        calls += 1
+        states.append(rec.stats.state)
+        if calls <= 2:
+            raise KeyError("a broken invariant")
+        return await real()
+
+    rec.run_once = bug_twice  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO):
+        rec.start()
+        for _ in range(500):
+            if rec.stats.state == "running" and rec.stats.passes:
+                break
+            await asyncio.sleep(0.01)
+        await rec.stop()  # reported already: stopping does not raise it again
+    assert calls >= 3
+    assert states[:3] == ["running", "failed", "failed"]  # failed until a pass succeeded
+    assert rec.stats.restarts == 2
+    assert rec.stats.passes >= 1
+    assert "broken invariant" in (rec.stats.fatal_error or "")
+    actions = [getattr(r, "action", "") for r in caplog.records]
+    assert actions.count("reconciler_failed") == 2
+    assert "reconciler_recovered" in actions
+    assert rec.stats.state == "stopped"
 
 
 async def test_stop_ends_a_running_loop():

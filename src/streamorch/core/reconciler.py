@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # never sooner than MIN_DELAY_S after a pass, so a lease about to end cannot spin the loop.
 EXPIRY_MARGIN_S = 0.02
 MIN_DELAY_S = 0.02
+# After an unexpected error the loop starts again this long after (doubling up to the
+# maximum): a bug met by one pass must not end failover here for good (ADR 0020).
+RESTART_BACKOFF_S = (1.0, 60.0)
 
 
 @dataclass
@@ -43,10 +46,12 @@ class ReconcilerStats:
     expired: int = 0
     unplaced: dict[str, str] = field(default_factory=dict)
     settling: bool = False  # the last planned pass waited for registrations to settle
-    # "running", "failed" (an unexpected error ended the loop: see docs/decisions/0020)
-    # or "stopped".
+    # "running", "failed" (an unexpected error ended the last run of the loop; it runs again
+    # after a back-off and is "running" once a pass succeeds: docs/decisions/0020) or
+    # "stopped".
     state: str = "stopped"
     fatal_error: str | None = None
+    restarts: int = 0
 
 
 class Reconciler:
@@ -59,6 +64,7 @@ class Reconciler:
         lease_ttl: float = 10.0,
         lag: LoopLag | None = None,
         offload: engine.Offloader | None = None,
+        restart_backoff_s: tuple[float, float] = RESTART_BACKOFF_S,
     ) -> None:
         self.store = store
         self.offload = offload or engine.Offloader()
@@ -67,10 +73,12 @@ class Reconciler:
         self.policy = policy
         self.interval = interval
         self.on_touched = on_touched
+        self.restart_backoff_s = restart_backoff_s
         self.stats = ReconcilerStats()
         # Called after every pass that ran, with its result and duration (api/metrics.py).
         self.observers: list[Callable[[PassResult, float], None]] = []
         self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._seen_generation: int | None = None
         self._stopping = False
@@ -80,7 +88,31 @@ class Reconciler:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="reconciler")
+            self._task = asyncio.create_task(self._supervise(), name="reconciler")
+
+    async def _supervise(self) -> None:
+        """`run()`, and again after a back-off when an unexpected error ended it.
+
+        The error was logged with its traceback and health reports it; the data that
+        triggered it may change (a stream edited, a worker gone), and meanwhile this
+        server keeps answering heartbeats, so live workers keep their streams.
+        """
+        backoff, longest = self.restart_backoff_s
+        while not self._stopping:
+            # run() logged an unexpected error and marked the reconciler failed.
+            with contextlib.suppress(Exception):
+                await self.run()
+            if self.stats.state != "failed":
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), backoff)
+            backoff = min(backoff * 2, longest)
+            if not self._stopping:
+                self.stats.restarts += 1
+                log.info(
+                    "restarting the reconciler after an unexpected error",
+                    extra={"action": "reconciler_restart", "restarts": self.stats.restarts},
+                )
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Let the pass under way finish (it is one short transaction), then end the loop."""
@@ -88,6 +120,7 @@ class Reconciler:
         if task is None:
             return
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout)
@@ -105,10 +138,11 @@ class Reconciler:
 
         A store failure (database away, pool exhausted) is retried with back-off. Any
         other exception is a bug: it is logged with its traceback, marks the reconciler
-        failed at once (health reports it), and is re-raised from the task
-        (docs/decisions/0020-fatal-reconciler-errors.md).
+        failed at once (health reports it), and is re-raised; `start()`'s supervisor runs
+        the loop again after a back-off (docs/decisions/0020-fatal-reconciler-errors.md).
         """
-        self.stats.state = "running"
+        if self.stats.state != "failed":  # failed stays visible until a pass succeeds
+            self.stats.state = "running"
         try:
             await self._loop()
         except asyncio.CancelledError:
@@ -118,7 +152,7 @@ class Reconciler:
             self.stats.state = "failed"
             self.stats.fatal_error = self.stats.last_error = f"{type(exc).__name__}: {exc}"
             log.exception(
-                "the reconciler stopped on an unexpected error; no more passes run here",
+                "the reconciler stopped on an unexpected error; it starts again after a back-off",
                 extra={"action": "reconciler_failed"},
             )
             raise
@@ -131,6 +165,11 @@ class Reconciler:
             try:
                 result = await self.run_once()
                 failures = 0
+                if self.stats.state == "failed" and result.ran:
+                    self.stats.state = "running"
+                    log.info(
+                        "the reconciler is running again", extra={"action": "reconciler_recovered"}
+                    )
                 delay = self.next_delay(result)
             except (StoreError, OSError) as exc:
                 failures += 1

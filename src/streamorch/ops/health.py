@@ -466,9 +466,11 @@ def stale_problem(age: float | None, interval: float, last_error: str | None) ->
 def failed_problem(error: str | None) -> Problem:
     return Problem(
         "reconciler.failed",
-        f"this server's reconciler stopped on an unexpected error: {error}",
-        "look for `reconciler_failed` in the log (it has the traceback) and restart this "
-        "server; other replicas keep running passes",
+        f"this server's reconciler stopped on an unexpected error: {error}; it starts "
+        "again after a back-off (up to a minute) and reports running once a pass succeeds",
+        "look for `reconciler_failed` in the log (it has the traceback); if it repeats, "
+        "the pass meets a bug: report it with that traceback. Heartbeats are still served "
+        "and other replicas keep running passes",
     )
 
 

@@ -306,13 +306,11 @@ async def ready_body(rt: Runtime) -> tuple[dict[str, Any], bool]:
     if not rt.ready:
         problem = health.not_started("the application is starting or stopping")
         orchestrator.update(error=problem.message, suggestion=problem.fix, code=problem.code)
-    failed = rt.orchestrator is not None and rt.orchestrator.reconciler.stats.state == "failed"
-    if failed and rt.orchestrator is not None:
-        problem = health.failed_problem(rt.orchestrator.reconciler.stats.fatal_error)
-        orchestrator.update(error=problem.message, suggestion=problem.fix, code=problem.code)
+    # A failed reconciler does not make this server unready: it still serves heartbeats,
+    # and taking every replica out of rotation for a bug would fence every worker
+    # (docs/decisions/0020). /health reports it.
     ready = (
         rt.ready
-        and not failed
         and postgres["status"] == "ready"
         and (redis["status"] == "ready" or not rt.settings.redis_required)
     )
