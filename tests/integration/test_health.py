@@ -265,7 +265,11 @@ async def test_a_reconciler_that_meets_a_bug_is_reported_at_once_and_recovers(
     assert "placement bug" in json.dumps(health["reconciler"])
     assert any("placement bug" in (r.exc_text or "") for r in caplog.records)
     assert (await api.get("/ready")).status_code == 200
+    metrics = (await api.get("/metrics")).text
+    assert "streamorch_reconciler_failed 1.0" in metrics
 
     monkeypatch.undo()  # the bug is gone (in life: the data that met it changed)
     body = await healthy(api)  # the reconciler reports ready again
     assert "reconciler" not in body["degraded"]
+    metrics = (await api.get("/metrics")).text
+    assert "streamorch_reconciler_failed 0.0" in metrics

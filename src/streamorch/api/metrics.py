@@ -139,6 +139,16 @@ class Metrics:
             "Seconds since this process last ran a reconcile pass",
             registry=r,
         )
+        self.reconciler_failed = Gauge(
+            "streamorch_reconciler_failed",
+            "1 while this process's reconciler is failed on an unexpected error (ADR 0020)",
+            registry=r,
+        )
+        self.reconciler_restarts = Gauge(
+            "streamorch_reconciler_restarts",
+            "Times this process's reconciler was started again after an unexpected error",
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "streamorch_event_loop_lag_seconds",
             "How late this process's event loop ran a timer due every 50 ms",
@@ -217,7 +227,10 @@ class Metrics:
         if pg is not None and pg.available is False:
             return  # known down: keep the last figures rather than wait on a dead server
         self.loop_lag_max.set(round(orch.loop_lag.recent_max_s(), 4))
-        last = orch.reconciler.stats.last_pass_at
+        reconciler = orch.reconciler.stats
+        self.reconciler_failed.set(1 if reconciler.state == "failed" else 0)
+        self.reconciler_restarts.set(reconciler.restarts)
+        last = reconciler.last_pass_at
         if last is not None:
             self.reconcile_age.set(round(time.time() - last, 3))
         try:
