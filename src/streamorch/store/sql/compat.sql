@@ -139,10 +139,12 @@ SELECT w.id, w.name, w.status, w.kind, w.generation, w.capacity, w.labels, w.add
        coalesce((SELECT sum(coalesce(s.weight, 1)) FROM assignments a
                    LEFT JOIN streams s ON s.key = a.stream_key
                   WHERE a.worker_id = w.id), 0)::int AS load,
-       ARRAY(SELECT a.stream_key FROM assignments a WHERE a.worker_id = w.id AND a.state = 'granted'
-              ORDER BY a.stream_key) AS owned,
-       ARRAY(SELECT h.stream_key FROM compat_handouts h WHERE h.worker_id = w.id
-              ORDER BY h.stream_key) AS handed
+       -- As JSON, not arrays: the server reads them as bytes and parses them off the event
+       -- loop (store/rows.py); a text[] of every stream of the fleet is parsed where it is read.
+       (SELECT coalesce(json_agg(a.stream_key ORDER BY a.stream_key), '[]')
+          FROM assignments a WHERE a.worker_id = w.id AND a.state = 'granted') AS owned,
+       (SELECT coalesce(json_agg(h.stream_key ORDER BY h.stream_key), '[]')
+          FROM compat_handouts h WHERE h.worker_id = w.id) AS handed
   FROM workers w
  WHERE w.status <> 'left' AND (%(name)s::text IS NULL OR w.name = %(name)s)
  ORDER BY w.registered_at DESC, w.name;

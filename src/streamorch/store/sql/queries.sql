@@ -203,8 +203,9 @@ UPDATE workers SET status = 'left', lease_expires_at = now(), running = '{}', ve
 SELECT w.id, w.name, w.status, w.incarnation, w.capacity, w.labels, w.address,
        w.last_heartbeat, w.lease_expires_at, w.kind, w.generation,
        coalesce(l.load, 0)::int AS load, coalesce(l.streams, 0)::int AS streams,
-       -- What an instance of the original protocol holds stays there while it lives.
-       CASE WHEN w.kind = 'original' THEN coalesce(l.keys, '{}') END AS pinned
+       -- What an instance of the original protocol holds stays there while it lives; JSON
+       -- (read as bytes, parsed off the event loop: store/rows.py), as it may be thousands.
+       CASE WHEN w.kind = 'original' THEN coalesce(to_json(l.keys), '[]') END AS pinned
   FROM (SELECT * FROM workers
          WHERE status IN ('active', 'draining') AND name > %(after)s
            AND (%(status)s::text IS NULL OR status = %(status)s)
@@ -221,8 +222,9 @@ SELECT w.id, w.name, w.status, w.incarnation, w.capacity, w.labels, w.address,
 SELECT w.id, w.name, w.status, w.incarnation, w.capacity, w.labels, w.address,
        w.last_heartbeat, w.lease_expires_at, w.kind, w.generation,
        coalesce(l.load, 0)::int AS load, coalesce(l.streams, 0)::int AS streams,
-       -- What an instance of the original protocol holds stays there while it lives.
-       CASE WHEN w.kind = 'original' THEN coalesce(l.keys, '{}') END AS pinned
+       -- What an instance of the original protocol holds stays there while it lives; JSON
+       -- (read as bytes, parsed off the event loop: store/rows.py), as it may be thousands.
+       CASE WHEN w.kind = 'original' THEN coalesce(to_json(l.keys), '[]') END AS pinned
   FROM (SELECT * FROM workers
          WHERE status = ANY (%(statuses)s::text[]) AND name > %(after)s
          ORDER BY name LIMIT %(limit)s) w
@@ -237,8 +239,9 @@ SELECT w.id, w.name, w.status, w.incarnation, w.capacity, w.labels, w.address,
 SELECT w.id, w.name, w.status, w.incarnation, w.capacity, w.labels, w.address,
        w.last_heartbeat, w.lease_expires_at, w.kind, w.generation,
        coalesce(l.load, 0)::int AS load, coalesce(l.streams, 0)::int AS streams,
-       -- What an instance of the original protocol holds stays there while it lives.
-       CASE WHEN w.kind = 'original' THEN coalesce(l.keys, '{}') END AS pinned
+       -- What an instance of the original protocol holds stays there while it lives; JSON
+       -- (read as bytes, parsed off the event loop: store/rows.py), as it may be thousands.
+       CASE WHEN w.kind = 'original' THEN coalesce(to_json(l.keys), '[]') END AS pinned
   FROM workers w
   LEFT JOIN LATERAL (SELECT sum(s.weight) AS load, count(*) AS streams,
                             array_agg(a.stream_key ORDER BY a.stream_key) AS keys
