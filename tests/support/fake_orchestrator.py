@@ -120,7 +120,7 @@ class FakeOrchestrator:
         if sent.kind == "register":
             self.incarnation += 1
             return httpx.Response(
-                200,
+                201,
                 json={
                     "worker_id": "wid-1",
                     "name": body["name"],
@@ -140,6 +140,8 @@ class FakeOrchestrator:
             return httpx.Response(200, json=self.answer())
         if sent.kind == "heartbeat":
             return httpx.Response(200, json=self.answer())
+        if sent.kind == "drain":
+            return httpx.Response(202, json={"status": "draining"})
         return httpx.Response(204)
 
     def answer(self) -> dict[str, Any]:
