@@ -8,6 +8,7 @@ handlers read the runtime through `api/deps.py`.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -47,6 +48,7 @@ class Runtime:
     orchestrator: Orchestrator | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     monitors: dict[str, ServiceMonitor] = field(default_factory=dict)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def build(cls, settings: Settings, startup: StartupReport | None = None) -> Runtime:
@@ -82,13 +84,20 @@ class Runtime:
             wire(self.orchestrator)
         await self.orchestrator.start()
         self.monitors = start_monitors(db, redis_client, self.redis_target)
-        # Back from an outage: run a pass now rather than when the backoff ends.
+        # Back from an outage: connect and run a pass now rather than when the back-offs end
+        # (a worker that died during the outage fails over a lease after the first pass).
+        self.monitors["postgresql"].on_recovery.append(self._reconnect)
         self.monitors["postgresql"].on_recovery.append(self.orchestrator.reconciler.wake)
         # What start-up built lives as long as the process: out of the collector's
         # sight, a full collection scans only what requests create (a few ms, not
         # ~80 ms with the loop held: docs/decisions/0025-no-request-stalls-the-loop.md).
         gc.freeze()
         self.ready = True
+
+    def _reconnect(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.db.reconnect_now())
+        self._background.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
         """Stop whatever `start` got to, in the reverse order; safe after a failed start."""

@@ -197,6 +197,17 @@ class DatabaseManager:
         async with self._heartbeat_pool.connection() as conn:
             yield conn
 
+    async def reconnect_now(self) -> None:
+        """PostgreSQL is back: open connections now instead of when the pools' reconnect
+        back-off (1, 2, 4 … s) next fires, so a request or pass waiting for a connection
+        goes on at once (`check()` starts a new connection when the pool can grow)."""
+        for pool in (self._pool, self._heartbeat_pool):
+            if pool is not None:
+                try:
+                    await pool.check()
+                except psycopg.Error as exc:  # back down already: the back-off goes on
+                    log.info("reconnecting after an outage failed: %s", exc)
+
     async def verify_connection(self, timeout: float = 2.0) -> Probe:
         """`SELECT 1` through the pool, bounded by `timeout`."""
         started = time.perf_counter()
