@@ -11,9 +11,7 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,9 +20,9 @@ from typer.testing import CliRunner
 from streamorch.cli.main import app
 from tests.conftest import _recreate, drop_database
 from tests.e2e.harness import ROOT, clean_env, free_port
+from tests.support.cluster import spawn_server, stop_server, wait_server_ready
 
 TOKEN = "admin-secret"
-READY_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -45,41 +43,14 @@ def server(postgres_server, template_database, redis_url, tmp_path_factory):
         RECONCILE_INTERVAL="0.1",
     )
     env.pop("STREAMORCH_WORKER_TOKEN", None)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamorch", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn_server(env, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, proc, log)
+        wait_server_ready(proc, url, describe=log.read_text)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_server(proc)
         drop_database(postgres_server, name)
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"server not ready within {READY_TIMEOUT} s:\n{log.read_text()}")
 
 
 @pytest.fixture

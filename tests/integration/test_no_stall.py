@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,7 +39,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import _recreate, drop_database
-from tests.e2e.harness import ROOT, clean_env, free_port
+from tests.e2e.harness import clean_env, free_port
+from tests.support.cluster import spawn_server, stop_server, wait_server_ready
 from tests.support.fleet import Fleet
 from tests.support.waiting import wait_until
 
@@ -175,35 +174,13 @@ def serving(
     )
     for token in ("STREAMORCH_WORKER_TOKEN", "STREAMORCH_ADMIN_TOKEN"):
         env.pop(token, None)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", PROBE, "serve"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn_server(env, log, program=("-c", PROBE))
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"server exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"server not ready:\n{log.read_text()}"
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_server_ready(proc, url, describe=log.read_text)
         yield Server(url, tmp_path / "callbacks.jsonl")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_server(proc)
         drop_database(postgres_server, name)
 
 

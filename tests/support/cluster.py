@@ -92,12 +92,17 @@ class Services:
 
 
 def spawn_server(
-    env: dict[str, str], log: Path, *, python_args: Sequence[str] = ()
+    env: dict[str, str],
+    log: Path,
+    *,
+    python_args: Sequence[str] = (),
+    program: Sequence[str] = ("-m", "streamorch"),
 ) -> subprocess.Popen[bytes]:
-    """Start `python -m streamorch serve` with `env` (the whole environment), output to `log`."""
+    """Start `python -m streamorch serve` (or `python <program> serve`) with `env` (the
+    whole environment), output to `log`."""
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, *python_args, "-m", "streamorch", "serve"],
+            [sys.executable, *python_args, *program, "serve"],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -127,6 +132,16 @@ def wait_server_ready(
             if time.monotonic() > deadline:
                 raise error(f"server not ready within {timeout:g} s:\n{describe()}")
             time.sleep(0.05)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within STOP_TIMEOUT_S."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT_S)
 
 
 @dataclass
